@@ -1,0 +1,70 @@
+import type { LanguageModel } from "ai";
+import type { z } from "zod";
+import type { Logger } from "../logger.js";
+import type { Effect } from "../state/types.js";
+
+export type { Effect };
+
+/** What a tool's `run` receives besides its validated arguments. */
+export interface ToolContext {
+  /** Stable per (run, tool call) across retries and workers: pass it to external APIs. */
+  idempotencyKey: string;
+  /** Aborts on cancel, lease loss, timeout or shutdown. */
+  signal: AbortSignal;
+  runId: string;
+  threadId: string;
+  tenantId: string;
+  toolCallId: string;
+  logger: Logger;
+}
+
+export interface ToolDefinition<I extends z.ZodType = z.ZodType, O = unknown> {
+  description: string;
+  input: I;
+  /** How a call whose outcome is unknown after a crash is handled (DESIGN §6). */
+  effect: Effect;
+  /** Pause the run in `waiting` until a human approves or rejects the call. */
+  requiresApproval: boolean;
+  /** Per-call timeout (ms). */
+  timeoutMs: number;
+  run: (args: z.infer<I>, ctx: ToolContext) => Promise<O> | O;
+}
+
+export interface AgentLimits {
+  /** Max steps (LLM calls + tool calls) per run. */
+  maxSteps: number;
+  /** Max input + output tokens per run. */
+  maxTokens: number;
+  /** Max wall time of a run (ms), measured from its first start. */
+  wallTimeMs: number;
+}
+
+/** A model: `provider:model` (`openai`, `anthropic`, `compatible`, `scripted`) or an AI SDK instance. */
+export type ModelSpec = string | LanguageModel;
+
+export interface AgentDefinition {
+  name: string;
+  model: ModelSpec;
+  instructions: string;
+  tools: Record<string, ToolDefinition>;
+  limits: AgentLimits;
+  /** Model settings passed to every call. */
+  temperature?: number;
+  maxOutputTokens?: number;
+}
+
+/** Provider settings for `provider:model` strings (from the config file / environment). */
+export interface ModelProviderSettings {
+  openai?: { apiKey?: string; baseURL?: string };
+  anthropic?: { apiKey?: string; baseURL?: string };
+  /** Any OpenAI-compatible chat-completions server (Ollama, vLLM, LM Studio…). */
+  compatible?: { baseURL?: string; apiKey?: string; headers?: Record<string, string>; name?: string };
+}
+
+/** What `capstan.config.ts` default-exports (via `defineConfig`). */
+export interface CapstanConfig {
+  agents: AgentDefinition[];
+  models?: ModelProviderSettings;
+  /** Server settings layered under environment and flags (see src/config). */
+  server?: Record<string, unknown>;
+}

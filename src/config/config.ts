@@ -1,0 +1,186 @@
+import { z } from "zod";
+import { CapstanError } from "../errors.js";
+
+const posInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+
+/**
+ * Every setting of every role. Resolved once at start (defaults → config file
+ * → environment → flags) and passed down; nothing below the CLI reads
+ * `process.env`.
+ */
+export const settingsSchema = z
+  .object({
+    database: z
+      .object({
+        /** PostgreSQL URL. Absent: embedded PGlite under `dataDir` (dev only). */
+        url: z.string().url().optional(),
+        poolSize: posInt.default(10),
+        statementTimeoutMs: posInt.default(30_000),
+      })
+      .strict()
+      .default({ poolSize: 10, statementTimeoutMs: 30_000 }),
+    /** Directory for embedded data (PGlite files). */
+    dataDir: z.string().min(1).default(".capstan"),
+    redis: z
+      .object({
+        /** Redis URL. Absent: in-process coordination (dev only). */
+        url: z.string().optional(),
+        keyPrefix: z.string().default("capstan:"),
+      })
+      .strict()
+      .default({ keyPrefix: "capstan:" }),
+    http: z
+      .object({
+        host: z.string().default("127.0.0.1"),
+        port: nonNegInt.max(65535).default(7070),
+        bodyLimitBytes: posInt.default(1_048_576),
+      })
+      .strict()
+      .default({ host: "127.0.0.1", port: 7070, bodyLimitBytes: 1_048_576 }),
+    worker: z
+      .object({
+        /** Stable id in logs and leases; default host:pid:random. */
+        id: z.string().min(1).optional(),
+        /** Runs executed at once by one worker process (they are I/O bound). */
+        concurrency: posInt.default(50),
+        /** Lease length; a worker that misses heartbeats this long loses its runs. */
+        leaseMs: posInt.min(1000).default(30_000),
+        /** Heartbeat period; must be well under the lease. */
+        heartbeatMs: posInt.optional(),
+        /** Fallback poll when no NOTIFY arrives. */
+        pollMs: posInt.default(2_000),
+        /** Claims of one run before it fails for good (crashes, lease losses). */
+        maxAttempts: posInt.default(3),
+        /** SIGTERM: how long in-flight steps may finish before leases are released. */
+        shutdownGraceMs: nonNegInt.default(10_000),
+      })
+      .strict()
+      .default({ concurrency: 50, leaseMs: 30_000, pollMs: 2_000, maxAttempts: 3, shutdownGraceMs: 10_000 }),
+    retention: z
+      .object({
+        /** Finished runs (with journal and events) older than this are pruned. */
+        finishedRunsMs: posInt.default(30 * 24 * 3600_000),
+        idempotencyKeysMs: posInt.default(24 * 3600_000),
+        sweepIntervalMs: posInt.default(60_000),
+      })
+      .strict()
+      .default({ finishedRunsMs: 30 * 24 * 3600_000, idempotencyKeysMs: 24 * 3600_000, sweepIntervalMs: 60_000 }),
+    limits: z
+      .object({
+        /** Queued + running + waiting runs per tenant, unless the tenant sets its own. */
+        maxPendingRunsPerTenant: posInt.default(10_000),
+      })
+      .strict()
+      .default({ maxPendingRunsPerTenant: 10_000 }),
+    log: z
+      .object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") })
+      .strict()
+      .default({ level: "info" }),
+  })
+  .strict();
+
+export type Settings = z.infer<typeof settingsSchema>;
+export type SettingsInput = z.input<typeof settingsSchema>;
+
+/** Environment variables and the setting each one sets. */
+const ENV: Record<string, { path: string[]; kind: "string" | "int" }> = {
+  DATABASE_URL: { path: ["database", "url"], kind: "string" },
+  CAPSTAN_DB_POOL_SIZE: { path: ["database", "poolSize"], kind: "int" },
+  CAPSTAN_DATA_DIR: { path: ["dataDir"], kind: "string" },
+  REDIS_URL: { path: ["redis", "url"], kind: "string" },
+  CAPSTAN_REDIS_PREFIX: { path: ["redis", "keyPrefix"], kind: "string" },
+  HOST: { path: ["http", "host"], kind: "string" },
+  PORT: { path: ["http", "port"], kind: "int" },
+  CAPSTAN_WORKER_ID: { path: ["worker", "id"], kind: "string" },
+  CAPSTAN_WORKER_CONCURRENCY: { path: ["worker", "concurrency"], kind: "int" },
+  CAPSTAN_LEASE_MS: { path: ["worker", "leaseMs"], kind: "int" },
+  CAPSTAN_HEARTBEAT_MS: { path: ["worker", "heartbeatMs"], kind: "int" },
+  CAPSTAN_POLL_MS: { path: ["worker", "pollMs"], kind: "int" },
+  CAPSTAN_MAX_ATTEMPTS: { path: ["worker", "maxAttempts"], kind: "int" },
+  CAPSTAN_SHUTDOWN_GRACE_MS: { path: ["worker", "shutdownGraceMs"], kind: "int" },
+  CAPSTAN_LOG_LEVEL: { path: ["log", "level"], kind: "string" },
+};
+
+type Tree = Record<string, unknown>;
+
+function isTree(v: unknown): v is Tree {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function deepMerge(a: Tree, b: Tree): Tree {
+  const out: Tree = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined) continue;
+    const prev = out[k];
+    out[k] = isTree(prev) && isTree(v) ? deepMerge(prev, v) : v;
+  }
+  return out;
+}
+
+function setPath(t: Tree, path: string[], value: unknown): void {
+  let cur = t;
+  for (const key of path.slice(0, -1)) {
+    const next = cur[key];
+    if (!isTree(next)) cur[key] = {};
+    cur = cur[key] as Tree;
+  }
+  cur[path[path.length - 1]!] = value;
+}
+
+function fromEnv(env: Record<string, string | undefined>): { tree: Tree; source: Map<string, string> } {
+  const tree: Tree = {};
+  const source = new Map<string, string>();
+  for (const [name, spec] of Object.entries(ENV)) {
+    const raw = env[name];
+    if (raw === undefined || raw === "") continue;
+    const value = spec.kind === "int" && /^-?\d+$/.test(raw.trim()) ? Number(raw) : raw;
+    setPath(tree, spec.path, value);
+    source.set(spec.path.join("."), `environment variable ${name}`);
+  }
+  return { tree, source };
+}
+
+export interface ResolveInput {
+  /** The `server` section of the config file, if any. */
+  file?: unknown;
+  env?: Record<string, string | undefined>;
+  flags?: SettingsInput;
+}
+
+/**
+ * Merge the layers and validate once. Errors name the setting, where its
+ * value came from, and what is expected.
+ */
+export function resolveSettings(input: ResolveInput = {}): Settings {
+  const env = fromEnv(input.env ?? {});
+  const file = isTree(input.file) ? input.file : {};
+  const merged = deepMerge(deepMerge(file, env.tree), (input.flags ?? {}) as Tree);
+  const parsed = settingsSchema.safeParse(merged);
+  if (!parsed.success) {
+    const fields = parsed.error.issues.map((i) => {
+      const field = i.path.join(".") || "(root)";
+      const from = env.source.get(field);
+      return { field, message: from ? `${i.message} (from ${from})` : i.message };
+    });
+    throw new CapstanError(
+      "config_invalid",
+      "invalid configuration: " + fields.map((f) => `${f.field}: ${f.message}`).join("; "),
+      { fields },
+    );
+  }
+  const s = parsed.data;
+  if (s.worker.heartbeatMs !== undefined && s.worker.heartbeatMs * 2 > s.worker.leaseMs) {
+    throw new CapstanError(
+      "config_invalid",
+      `invalid configuration: worker.heartbeatMs (${s.worker.heartbeatMs}) must be at most half of worker.leaseMs (${s.worker.leaseMs})`,
+      { fields: [{ field: "worker.heartbeatMs", message: "must be at most half of worker.leaseMs" }] },
+    );
+  }
+  return s;
+}
+
+/** The heartbeat period in force: explicit, or a third of the lease. */
+export function heartbeatMs(s: Settings): number {
+  return s.worker.heartbeatMs ?? Math.floor(s.worker.leaseMs / 3);
+}

@@ -1,0 +1,67 @@
+/**
+ * Typed errors with stable codes. Backend errors are mapped to these in one
+ * place (src/state/pg-errors.ts) and these are mapped to HTTP in one place
+ * (the ingress error handler). The `code` strings are a public contract.
+ */
+export type ErrorCode =
+  | "validation_failed"
+  | "not_found"
+  | "unauthorized"
+  | "forbidden"
+  | "thread_busy"
+  | "run_not_cancellable"
+  | "run_not_waiting"
+  | "idempotency_key_reused"
+  | "too_many_runs"
+  | "rate_limited"
+  | "lease_lost"
+  | "journal_conflict"
+  | "schema_too_new"
+  | "config_invalid"
+  | "database_unavailable"
+  | "redis_unavailable"
+  | "unknown_agent"
+  | "payload_too_large"
+  | "internal";
+
+export interface FieldIssue {
+  /** Dotted path of the offending field, e.g. `input.content` or `query.limit`. */
+  field: string;
+  message: string;
+}
+
+export class CapstanError extends Error {
+  readonly code: ErrorCode;
+  readonly fields: FieldIssue[] | undefined;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { fields?: FieldIssue[]; details?: Record<string, unknown>; cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = "CapstanError";
+    this.code = code;
+    this.fields = opts.fields;
+    this.details = opts.details;
+  }
+}
+
+/**
+ * A write was refused because the caller no longer holds the run's lease
+ * (its epoch is stale, or the run left `running`: cancelled, reclaimed).
+ * The worker must abort its local work for the run and write nothing more.
+ */
+export class LeaseLostError extends CapstanError {
+  constructor(runId: string, epoch: number) {
+    super("lease_lost", `lease of run ${runId} at epoch ${epoch} is no longer held`, {
+      details: { runId, epoch },
+    });
+    this.name = "LeaseLostError";
+  }
+}
+
+export function isCapstanError(err: unknown, code?: ErrorCode): err is CapstanError {
+  return err instanceof CapstanError && (code === undefined || err.code === code);
+}

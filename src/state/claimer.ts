@@ -19,6 +19,8 @@ export interface ClaimerOptions {
   reclaimEveryMs?: number;
   /** Observability hooks. */
   onWake?: (reason: "notify" | "poll" | "poke") => void;
+  /** Called each time the loop goes to sleep with nothing to claim. */
+  onSleep?: () => void;
 }
 
 export interface Claimer {
@@ -85,7 +87,9 @@ export function createClaimer(opts: ClaimerOptions): Claimer {
           wakePending = false;
           continue;
         }
-        const reason = await sleep();
+        const sleeping = sleep();
+        opts.onSleep?.();
+        const reason = await sleeping;
         opts.onWake?.(reason);
       } catch (err) {
         // Database down or restarting: keep the loop alive, retry with backoff.

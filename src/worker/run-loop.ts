@@ -1,0 +1,261 @@
+import type { LanguageModel, ModelMessage, ToolSet } from "ai";
+import type { AgentDefinition } from "../agent/types.js";
+import { LeaseLostError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { Db } from "../state/db.js";
+import { appendEvents, appendLlmStep, readJournal } from "../state/journal.js";
+import { finishRun, releaseRun, suspendRun } from "../state/scheduler.js";
+import { readHistory } from "../state/threads.js";
+import type { ClaimedRun, NewMessage, RunError, Step } from "../state/types.js";
+import { assistantMessage, historyToModelMessages, toolMessage, type LlmResponse } from "./messages.js";
+import { callModel, ModelError, type RetryPolicy } from "./model-call.js";
+import type { RunPublisher } from "./publisher.js";
+import { runToolStep, type ToolStepResult } from "./tool-step.js";
+
+export interface LoadedAgent {
+  def: AgentDefinition;
+  model: LanguageModel;
+  /** Tool schemas for the model (no execute functions). */
+  tools: ToolSet;
+}
+
+export interface RunContext {
+  db: Db;
+  run: ClaimedRun;
+  agent: LoadedAgent;
+  publisher: RunPublisher;
+  /** Aborts on cancel, lease loss, or the end of the shutdown grace period. */
+  signal: AbortSignal;
+  /** True once a graceful shutdown began: hand the run off at the next step boundary. */
+  draining: () => boolean;
+  logger: Logger;
+  workerId: string;
+  retry?: RetryPolicy;
+  /** How often streamed text is flushed to the event stream as one delta. */
+  deltaFlushMs: number;
+}
+
+export type RunOutcome = "succeeded" | "failed" | "waiting" | "released" | "aborted";
+
+/** A run-level failure with a stable code (limits, model errors). */
+class RunFailure extends Error {
+  constructor(readonly runError: RunError) {
+    super(runError.message);
+  }
+}
+
+/**
+ * Execute (or resume) one claimed run. The loop is a pure function of the
+ * thread history up to the run's input, the agent, and the journal: steps
+ * already journaled are replayed, never re-requested; the first missing
+ * step is executed. Step numbers are deterministic: an LLM step k is
+ * followed by its tool calls at k+1…k+n.
+ */
+export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
+  const { db, run, publisher } = ctx;
+  const lease = run.lease;
+  try {
+    const [history, steps] = await Promise.all([
+      readHistory(db, run.threadId, run.inputSeq ?? undefined),
+      readJournal(db, run.id),
+    ]);
+    const journal = new Map<number, Step>(steps.map((s) => [s.stepNo, s]));
+    await publisher.coarse(
+      await appendEvents(db, lease, [
+        { type: "run.started", data: { run_id: run.id, attempt: run.attempts, worker_id: ctx.workerId } },
+      ]),
+    );
+
+    const convo: ModelMessage[] = historyToModelMessages(history);
+    const produced: NewMessage[] = [];
+    const usage = { ...run.usage };
+    const limits = ctx.agent.def.limits;
+    const since = run.resume ? run.queuedAt : (run.startedAt ?? new Date());
+    const deadline = since.getTime() + limits.wallTimeMs;
+    let stepNo = 0;
+
+    for (;;) {
+      let response: LlmResponse;
+      const journaled = journal.get(stepNo);
+      if (journaled?.kind === "llm") {
+        response = journaled.output as LlmResponse;
+      } else {
+        if (ctx.draining()) return await handOff(ctx);
+        if (stepNo >= limits.maxSteps) fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
+        if (usage.inputTokens + usage.outputTokens >= limits.maxTokens) {
+          fail("max_tokens_exceeded", `the run used ${usage.inputTokens + usage.outputTokens} tokens, over its limit of ${limits.maxTokens}`);
+        }
+        if (Date.now() >= deadline) fail("wall_time_exceeded", `the run exceeded its wall time of ${limits.wallTimeMs} ms`);
+        const r = await llmStep(ctx, stepNo, convo, deadline);
+        response = r;
+        usage.inputTokens += r.usage.inputTokens;
+        usage.outputTokens += r.usage.outputTokens;
+      }
+      const assistant = assistantMessage(response);
+      convo.push(assistant);
+      produced.push({ role: "assistant", content: assistant.content });
+      stepNo++;
+
+      if (response.toolCalls.length === 0) {
+        await publisher.drain();
+        await publisher.coarse(await finishRun(db, lease, run.threadId, { status: "succeeded", messages: produced }));
+        return "succeeded";
+      }
+      if (stepNo + response.toolCalls.length > limits.maxSteps) {
+        fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
+      }
+      if (ctx.draining() && response.toolCalls.some((_, i) => !journal.has(stepNo + i))) return await handOff(ctx);
+
+      const results: ToolStepResult[] = await Promise.all(
+        response.toolCalls.map((call, i) => runToolStep(ctx, stepNo + i, call, journal.get(stepNo + i))),
+      );
+      const wait = results.find((r) => r.kind === "wait");
+      if (wait?.kind === "wait") {
+        await publisher.coarse(await suspendRun(db, lease, wait.wait));
+        return "waiting";
+      }
+      const tm = toolMessage(
+        response.toolCalls.map((call, i) => {
+          const r = results[i]!;
+          return { toolCallId: call.toolCallId, toolName: call.toolName, outcome: r.kind === "done" ? r.outcome : { ok: false, error: "not run" } };
+        }),
+      );
+      convo.push(tm);
+      produced.push({ role: "tool", content: tm.content });
+      stepNo += response.toolCalls.length;
+    }
+  } catch (err) {
+    return handleRunError(ctx, err);
+  }
+}
+
+function fail(code: string, message: string): never {
+  throw new RunFailure({ code, message });
+}
+
+async function handOff(ctx: RunContext): Promise<RunOutcome> {
+  await ctx.publisher.drain();
+  await releaseRun(ctx.db, ctx.run.lease);
+  ctx.logger.info("run handed off (shutdown)");
+  return "released";
+}
+
+async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome> {
+  if (err instanceof LeaseLostError || ctx.signal.aborted) {
+    ctx.logger.info({ reason: describe(ctx.signal.reason ?? err) }, "run aborted locally");
+    return "aborted";
+  }
+  let runError: RunError;
+  if (err instanceof RunFailure) runError = err.runError;
+  else if (err instanceof ModelError) runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
+  else if (isTransient(err)) {
+    // The database (or network) is gone: write nothing; the lease expires and
+    // another worker resumes from the journal.
+    ctx.logger.warn({ err }, "run interrupted by an infrastructure error; leaving it to lease expiry");
+    return "aborted";
+  } else {
+    ctx.logger.error({ err }, "run failed with an unexpected error");
+    runError = { code: "internal", message: describe(err) };
+  }
+  try {
+    await ctx.publisher.drain();
+    await ctx.publisher.coarse(await finishRun(ctx.db, ctx.run.lease, ctx.run.threadId, { status: "failed", error: runError }));
+    return "failed";
+  } catch (finishErr) {
+    if (!(finishErr instanceof LeaseLostError)) ctx.logger.warn({ err: finishErr }, "could not record the run's failure");
+    return "aborted";
+  }
+}
+
+function isTransient(err: unknown): boolean {
+  const code = typeof err === "object" && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (code === "database_unavailable") return true;
+  if (typeof code === "string" && /^(ECONN|EPIPE|ETIMEDOUT|57P0|08)/.test(code)) return true;
+  return err instanceof Error && /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message);
+}
+
+function describe(v: unknown): string {
+  return v instanceof Error ? v.message : String(v);
+}
+
+async function llmStep(
+  ctx: RunContext,
+  stepNo: number,
+  convo: ModelMessage[],
+  deadline: number,
+): Promise<LlmResponse & { usage: { inputTokens: number; outputTokens: number; cachedInputTokens?: number } }> {
+  const { run, publisher, agent } = ctx;
+  const startedAt = new Date();
+  let buffer = "";
+  let timer: NodeJS.Timeout | undefined;
+  const flush = () => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+    if (!buffer) return;
+    void publisher.ephemeral("message.delta", { run_id: run.id, step_no: stepNo, text: buffer });
+    buffer = "";
+  };
+  const timeout = AbortSignal.timeout(Math.max(1, deadline - Date.now()));
+  const signal = AbortSignal.any([ctx.signal, timeout]);
+  try {
+    const result = await callModel({
+      model: agent.model,
+      system: agent.def.instructions,
+      messages: convo,
+      tools: agent.tools,
+      signal,
+      ...(agent.def.temperature !== undefined ? { temperature: agent.def.temperature } : {}),
+      ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
+      ...(ctx.retry ? { retry: ctx.retry } : {}),
+      onDelta: (text) => {
+        buffer += text;
+        timer ??= setTimeout(flush, ctx.deltaFlushMs);
+      },
+      onRetry: (info) => {
+        flush();
+        ctx.logger.warn({ stepNo, ...info }, "model call failed; retrying");
+        void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
+      },
+    });
+    flush();
+    const { response, usage } = result;
+    const events = [
+      ...(response.text
+        ? [{ type: "message.completed", data: { run_id: run.id, step_no: stepNo, role: "assistant", content: response.text } }]
+        : []),
+      {
+        type: "step.completed",
+        data: {
+          run_id: run.id,
+          step_no: stepNo,
+          kind: "llm",
+          usage: { input_tokens: usage.inputTokens, output_tokens: usage.outputTokens },
+          tool_calls: response.toolCalls.map((c) => c.toolName),
+        },
+      },
+    ];
+    await publisher.drain();
+    await publisher.coarse(
+      await appendLlmStep(
+        ctx.db,
+        run.lease,
+        {
+          stepNo,
+          request: { messages: convo.length, tools: Object.keys(agent.tools) },
+          response,
+          usage,
+          startedAt,
+        },
+        events,
+      ),
+    );
+    return { ...response, usage };
+  } catch (err) {
+    if (timeout.aborted && !ctx.signal.aborted) {
+      fail("wall_time_exceeded", `the run exceeded its wall time of ${agent.def.limits.wallTimeMs} ms`);
+    }
+    throw err;
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}

@@ -1,0 +1,187 @@
+import { hostname } from "node:os";
+import { randomBytes } from "node:crypto";
+import type { Coordination } from "../coord/types.js";
+import { heartbeatMs, type Settings } from "../config/config.js";
+import { LeaseLostError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { CHANNELS } from "../state/channels.js";
+import { createClaimer, type Claimer } from "../state/claimer.js";
+import type { Db, Unlisten } from "../state/db.js";
+import { finishRun, heartbeat, pruneFinished, releaseRun } from "../state/scheduler.js";
+import type { ClaimedRun } from "../state/types.js";
+import type { RetryPolicy } from "./model-call.js";
+import { RunPublisher } from "./publisher.js";
+import { executeRun, type LoadedAgent, type RunOutcome } from "./run-loop.js";
+
+export interface WorkerDeps {
+  db: Db;
+  coord: Coordination;
+  agents: Map<string, LoadedAgent>;
+  settings: Settings;
+  logger: Logger;
+  retry?: RetryPolicy;
+  /** Observability hooks (metrics). */
+  hooks?: {
+    onClaim?: (run: ClaimedRun) => void;
+    onRunEnd?: (run: ClaimedRun, outcome: RunOutcome, ms: number) => void;
+  };
+}
+
+export interface Worker {
+  readonly id: string;
+  start(): Promise<void>;
+  /**
+   * Graceful stop: claim nothing more, let in-flight steps finish and hand
+   * their runs off at the next step boundary; after the grace period abort
+   * what remains and release its leases at once, so another worker resumes
+   * without waiting for lease expiry.
+   */
+  stop(opts?: { graceMs?: number }): Promise<void>;
+  inFlight(): number;
+}
+
+interface Active {
+  run: ClaimedRun;
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+export function createWorker(deps: WorkerDeps): Worker {
+  const { db, settings } = deps;
+  const id = settings.worker.id ?? `${hostname()}:${process.pid}:${randomBytes(3).toString("hex")}`;
+  const logger = deps.logger.child({ workerId: id });
+  const active = new Map<string, Active>();
+  let draining = false;
+  let claimer: Claimer | undefined;
+  let hbTimer: NodeJS.Timeout | undefined;
+  let sweepTimer: NodeJS.Timeout | undefined;
+  let unlistenControl: Unlisten | undefined;
+  let lastHeartbeatOk = Date.now();
+
+  const abortRun = (runId: string, reason: Error) => active.get(runId)?.controller.abort(reason);
+
+  function startRun(run: ClaimedRun): void {
+    const controller = new AbortController();
+    const runLogger = logger.child({ runId: run.id, tenantId: run.tenantId, attempt: run.attempts });
+    const started = Date.now();
+    deps.hooks?.onClaim?.(run);
+    const done = (async () => {
+      let outcome: RunOutcome = "aborted";
+      try {
+        const agent = deps.agents.get(run.agent);
+        const publisher = new RunPublisher(deps.coord.events, run.id, run.lastEventId, runLogger);
+        if (!agent) {
+          await publisher.coarse(
+            await finishRun(db, run.lease, run.threadId, {
+              status: "failed",
+              error: { code: "unknown_agent", message: `no agent named "${run.agent}" is loaded on this worker` },
+            }),
+          );
+          outcome = "failed";
+          return;
+        }
+        outcome = await executeRun({
+          db,
+          run,
+          agent,
+          publisher,
+          signal: controller.signal,
+          draining: () => draining,
+          logger: runLogger,
+          workerId: id,
+          deltaFlushMs: 25,
+          ...(deps.retry ? { retry: deps.retry } : {}),
+        });
+        await publisher.drain();
+      } catch (err) {
+        runLogger.error({ err }, "run crashed in the worker");
+      } finally {
+        active.delete(run.id);
+        deps.hooks?.onRunEnd?.(run, outcome, Date.now() - started);
+        runLogger.info({ outcome, ms: Date.now() - started }, "run left the worker");
+        claimer?.poke();
+      }
+    })();
+    active.set(run.id, { run, controller, done });
+  }
+
+  async function beat(): Promise<void> {
+    const leases = [...active.values()].map((a) => a.run.lease);
+    try {
+      const held = await heartbeat(db, leases, settings.worker.leaseMs);
+      lastHeartbeatOk = Date.now();
+      for (const l of leases) {
+        if (!held.has(l.runId)) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
+      }
+    } catch (err) {
+      logger.warn({ err }, "heartbeat failed");
+      // Past the lease we must assume every run was reclaimed elsewhere.
+      if (Date.now() - lastHeartbeatOk > settings.worker.leaseMs) {
+        for (const l of leases) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
+      }
+    }
+  }
+
+  return {
+    id,
+    inFlight: () => active.size,
+    async start() {
+      unlistenControl = await db
+        .listen(CHANNELS.control, (runId) => abortRun(runId, new Error(`run ${runId} was cancelled`)))
+        .catch((err: unknown) => {
+          logger.warn({ err }, "LISTEN for cancellations failed; cancels are noticed at the next heartbeat");
+          return undefined;
+        });
+      claimer = createClaimer({
+        db,
+        workerId: id,
+        leaseMs: settings.worker.leaseMs,
+        pollMs: settings.worker.pollMs,
+        capacity: () => (draining ? 0 : settings.worker.concurrency - active.size),
+        onClaim: startRun,
+        logger,
+      });
+      await claimer.start();
+      const hb = heartbeatMs(settings);
+      const tick = () => {
+        hbTimer = setTimeout(() => void beat().finally(() => !draining || active.size ? tick() : undefined), hb);
+      };
+      tick();
+      const sweep = () => {
+        sweepTimer = setTimeout(() => {
+          void pruneFinished(db, {
+            runsOlderThanMs: settings.retention.finishedRunsMs,
+            idempotencyKeysOlderThanMs: settings.retention.idempotencyKeysMs,
+          })
+            .then((r) => (r.runs || r.idempotencyKeys ? logger.info(r, "pruned finished runs") : undefined))
+            .catch((err: unknown) => logger.warn({ err }, "retention sweep failed"))
+            .finally(sweep);
+        }, settings.retention.sweepIntervalMs);
+        sweepTimer.unref();
+      };
+      sweep();
+      logger.info({ concurrency: settings.worker.concurrency, leaseMs: settings.worker.leaseMs }, "worker started");
+    },
+    async stop(opts = {}) {
+      const graceMs = opts.graceMs ?? settings.worker.shutdownGraceMs;
+      draining = true;
+      await claimer?.stop();
+      if (sweepTimer) clearTimeout(sweepTimer);
+      const all = () => Promise.all([...active.values()].map((a) => a.done));
+      let timer: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), graceMs)));
+      const res = await Promise.race([all().then(() => "done" as const), graceOver]);
+      clearTimeout(timer);
+      if (res === "timeout") {
+        const left = [...active.values()];
+        logger.warn({ runs: left.length }, "grace period over; releasing leases of runs still in flight");
+        for (const a of left) a.controller.abort(new Error("worker shutting down"));
+        await Promise.all(left.map((a) => releaseRun(db, a.run.lease).catch(() => false)));
+        await Promise.race([all(), new Promise((r) => setTimeout(r, 1_000))]);
+      }
+      if (hbTimer) clearTimeout(hbTimer);
+      await unlistenControl?.();
+      logger.info("worker stopped");
+    },
+  };
+}

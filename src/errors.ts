@@ -22,6 +22,8 @@ export type ErrorCode =
   | "redis_unavailable"
   | "unknown_agent"
   | "payload_too_large"
+  | "unsupported_media_type"
+  | "server_busy"
   | "internal";
 
 export interface FieldIssue {

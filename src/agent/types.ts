@@ -1,7 +1,8 @@
-import type { LanguageModel } from "ai";
+import type { LanguageModelV2, LanguageModelV3 } from "@ai-sdk/provider";
 import type { z } from "zod";
 import type { Logger } from "../logger.js";
 import type { Effect } from "../state/types.js";
+import type { Script } from "./scripted.js";
 
 export type { Effect };
 
@@ -27,7 +28,13 @@ export interface ToolDefinition<I extends z.ZodType = z.ZodType, O = unknown> {
   requiresApproval: boolean;
   /** Per-call timeout (ms). */
   timeoutMs: number;
-  run: (args: z.infer<I>, ctx: ToolContext) => Promise<O> | O;
+  /*
+   * Method syntax on purpose: parameters of methods are checked bivariantly, so a
+   * tool with specific args (`ToolDefinition<ZodObject<…>>`) is assignable to the
+   * untyped `ToolDefinition` used in `AgentDefinition.tools`. `this: void` says it
+   * may be called detached (users pass arrow functions).
+   */
+  run(this: void, args: z.infer<I>, ctx: ToolContext): Promise<O> | O;
 }
 
 export interface AgentLimits {
@@ -39,8 +46,12 @@ export interface AgentLimits {
   wallTimeMs: number;
 }
 
-/** A model: `provider:model` (`openai`, `anthropic`, `compatible`, `scripted`) or an AI SDK instance. */
-export type ModelSpec = string | LanguageModel;
+/**
+ * A model: `provider:model` (`openai`, `anthropic`, `compatible`, `scripted`) or an AI SDK
+ * language-model instance. (Spelled out rather than `string | LanguageModel` from "ai": that
+ * union's gateway model-id literals are redundant next to `string`. Same set of values.)
+ */
+export type ModelSpec = string | LanguageModelV3 | LanguageModelV2;
 
 export interface AgentDefinition {
   name: string;
@@ -59,6 +70,13 @@ export interface ModelProviderSettings {
   anthropic?: { apiKey?: string; baseURL?: string };
   /** Any OpenAI-compatible chat-completions server (Ollama, vLLM, LM Studio…). */
   compatible?: { baseURL?: string; apiKey?: string; headers?: Record<string, string>; name?: string };
+  /**
+   * Scripts for `scripted:<name>` models (see ./scripted.ts), added with
+   * `registerScript` or written here directly. They shadow the built-ins
+   * (`echo`, `tools`) of the same name. Kept on the settings, not in a module
+   * global, so two configs in one process never see each other's scripts.
+   */
+  scripts?: Record<string, Script>;
 }
 
 /** What `capstan.config.ts` default-exports (via `defineConfig`). */

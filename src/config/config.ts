@@ -65,7 +65,11 @@ export const settingsSchema = z
         sweepIntervalMs: posInt.default(60_000),
       })
       .strict()
-      .default({ finishedRunsMs: 30 * 24 * 3600_000, idempotencyKeysMs: 24 * 3600_000, sweepIntervalMs: 60_000 }),
+      .default({
+        finishedRunsMs: 30 * 24 * 3600_000,
+        idempotencyKeysMs: 24 * 3600_000,
+        sweepIntervalMs: 60_000,
+      }),
     limits: z
       .object({
         /** Queued + running + waiting runs per tenant, unless the tenant sets its own. */
@@ -74,7 +78,9 @@ export const settingsSchema = z
       .strict()
       .default({ maxPendingRunsPerTenant: 10_000 }),
     log: z
-      .object({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") })
+      .object({
+        level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      })
       .strict()
       .default({ level: "info" }),
   })
@@ -155,7 +161,7 @@ export interface ResolveInput {
 export function resolveSettings(input: ResolveInput = {}): Settings {
   const env = fromEnv(input.env ?? {});
   const file = isTree(input.file) ? input.file : {};
-  const merged = deepMerge(deepMerge(file, env.tree), (input.flags ?? {}) as Tree);
+  const merged = deepMerge(deepMerge(file, env.tree), input.flags ?? {});
   const parsed = settingsSchema.safeParse(merged);
   if (!parsed.success) {
     const fields = parsed.error.issues.map((i) => {

@@ -15,9 +15,12 @@ export type Unlisten = () => Promise<void>;
  * int8 (bigint, count(*)) as a JS number: every int8 Capstan stores (seqs,
  * token counts, event ids) stays far below 2^53. Set per pool, not globally.
  */
+const parseInt8 = (v: string): number => Number(v);
 const types = {
-  getTypeParser: ((oid: number, format?: "text" | "binary") =>
-    oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+  getTypeParser: ((oid: number, format?: "text" | "binary"): unknown =>
+    oid === 20
+      ? parseInt8
+      : (pg.types.getTypeParser(oid, format) as unknown)) as typeof pg.types.getTypeParser,
 };
 
 /**

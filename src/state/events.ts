@@ -28,10 +28,16 @@ export async function insertEvents(q: Queryable, runId: string, events: NewEvent
 }
 
 /** Persisted events of a run with id > after, in order, at most `limit`. */
-export async function listEvents(q: Queryable, runId: string, after: number, limit: number): Promise<RunEvent[]> {
-  const r = await q.query(
-    "SELECT * FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-    [runId, after, limit],
-  );
+export async function listEvents(
+  q: Queryable,
+  runId: string,
+  after: number,
+  limit: number,
+): Promise<RunEvent[]> {
+  const r = await q.query("SELECT * FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3", [
+    runId,
+    after,
+    limit,
+  ]);
   return r.rows.map(toEvent);
 }

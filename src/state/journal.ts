@@ -3,7 +3,15 @@ import type { Db, Queryable } from "./db.js";
 import { insertEvents } from "./events.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { assertLeaseTx } from "./scheduler.js";
-import { toStep, type Effect, type Lease, type NewEvent, type RunError, type RunEvent, type Step } from "./types.js";
+import {
+  toStep,
+  type Effect,
+  type Lease,
+  type NewEvent,
+  type RunError,
+  type RunEvent,
+  type Step,
+} from "./types.js";
 
 /**
  * The step journal. A run is the sequence of steps (run_id, step_no); the
@@ -23,7 +31,11 @@ export interface LlmStepInput {
   startedAt: Date;
 }
 
-async function fenced<T>(db: Db, lease: Lease, fn: (q: Queryable, attempt: number) => Promise<T>): Promise<T> {
+async function fenced<T>(
+  db: Db,
+  lease: Lease,
+  fn: (q: Queryable, attempt: number) => Promise<T>,
+): Promise<T> {
   return db.tx(async (q) => {
     const run = await assertLeaseTx(q, lease);
     return fn(q, run.attempts);

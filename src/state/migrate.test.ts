@@ -36,7 +36,10 @@ describe("migrator", () => {
 
   it("rolls back a failing migration whole", async () => {
     const good = await loadMigrations();
-    const bad = [...good, { version: good.length + 1, name: "bad", sql: "CREATE TABLE x_ok (a int); SELECT 1/0;" }];
+    const bad = [
+      ...good,
+      { version: good.length + 1, name: "bad", sql: "CREATE TABLE x_ok (a int); SELECT 1/0;" },
+    ];
     await expect(migrate(t.db, silentLogger(), bad)).rejects.toThrow(/division by zero/);
     const reg = await t.db.query("SELECT to_regclass('x_ok') AS t");
     expect(reg.rows[0]?.t).toBeNull();

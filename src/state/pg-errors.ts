@@ -13,8 +13,7 @@ export function pgCode(err: unknown): string | undefined {
 
 export function isUniqueViolation(err: unknown, constraint?: string): boolean {
   return (
-    pgCode(err) === "23505" &&
-    (constraint === undefined || (err as PgLikeError).constraint === constraint)
+    pgCode(err) === "23505" && (constraint === undefined || (err as PgLikeError).constraint === constraint)
   );
 }
 
@@ -22,18 +21,33 @@ export function isUniqueViolation(err: unknown, constraint?: string): boolean {
 export function isConnectionError(err: unknown): boolean {
   const code = pgCode(err);
   if (code === undefined) {
-    return err instanceof Error && /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message);
+    return (
+      err instanceof Error &&
+      /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message)
+    );
   }
-  return (
-    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08006"].includes(code)
-  );
+  return [
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "EPIPE",
+    "57P01",
+    "57P02",
+    "57P03",
+    "08000",
+    "08001",
+    "08003",
+    "08006",
+  ].includes(code);
 }
 
 /** Wrap anything the database threw so callers see stable codes. */
 export function mapDbError(err: unknown): unknown {
   if (err instanceof CapstanError) return err;
   if (isConnectionError(err)) {
-    return new CapstanError("database_unavailable", "the database is unreachable; retry shortly", { cause: err });
+    return new CapstanError("database_unavailable", "the database is unreachable; retry shortly", {
+      cause: err,
+    });
   }
   return err;
 }

@@ -37,7 +37,10 @@ const enqueue = (tenantId: string, threadId: string, content: unknown, extra: Pa
   enqueueRun(t.db, { ...base, tenantId, threadId, content, ...extra });
 const claim = (workerId = "w", leaseMs = 30_000) => claimRun(t.db, { workerId, leaseMs });
 const succeed = (run: ClaimedRun, text = "ok") =>
-  finishRun(t.db, run.lease, run.threadId, { status: "succeeded", messages: [{ role: "assistant", content: text }] });
+  finishRun(t.db, run.lease, run.threadId, {
+    status: "succeeded",
+    messages: [{ role: "assistant", content: text }],
+  });
 
 async function tenant(name = "t" + Math.random().toString(36).slice(2)) {
   return ensureTenant(t.db, name);
@@ -88,7 +91,9 @@ describe("scheduler", () => {
     expect(h.filter((m) => m.role === "user").map((m) => m.content)).toEqual(
       Array.from({ length: 40 }, (_, i) => `m${i}`),
     );
-    expect(h.map((m) => m.role)).toEqual(Array.from({ length: 80 }, (_, i) => (i % 2 ? "assistant" : "user")));
+    expect(h.map((m) => m.role)).toEqual(
+      Array.from({ length: 80 }, (_, i) => (i % 2 ? "assistant" : "user")),
+    );
   });
 
   it("reclaims an expired lease with attempt + 1 and fails the run after the attempt limit", async () => {
@@ -129,7 +134,10 @@ describe("scheduler", () => {
     };
     await expect(appendLlmStep(t.db, zombie.lease, llm)).rejects.toBeInstanceOf(LeaseLostError);
     await expect(
-      finishRun(t.db, zombie.lease, th.id, { status: "succeeded", messages: [{ role: "assistant", content: "z" }] }),
+      finishRun(t.db, zombie.lease, th.id, {
+        status: "succeeded",
+        messages: [{ role: "assistant", content: "z" }],
+      }),
     ).rejects.toBeInstanceOf(LeaseLostError);
     expect(await heartbeat(t.db, [zombie.lease], 1000)).toEqual(new Set());
     expect(await readJournal(t.db, run.id)).toEqual([]);
@@ -162,11 +170,13 @@ describe("scheduler", () => {
     await expect(recordToolIntent(t.db, r.lease, intent)).rejects.toSatisfy((e) =>
       isCapstanError(e, "journal_conflict"),
     );
-    await expect(recordToolOutcome(t.db, r.lease, { stepNo: 1, status: "completed" })).rejects.toSatisfy((e) =>
-      isCapstanError(e, "journal_conflict"),
+    await expect(recordToolOutcome(t.db, r.lease, { stepNo: 1, status: "completed" })).rejects.toSatisfy(
+      (e) => isCapstanError(e, "journal_conflict"),
     );
     const j = await readJournal(t.db, r.id);
-    expect(j).toMatchObject([{ stepNo: 1, status: "completed", output: { ok: true }, idempotencyKey: `${r.id}:1` }]);
+    expect(j).toMatchObject([
+      { stepNo: 1, status: "completed", output: { ok: true }, idempotencyKey: `${r.id}:1` },
+    ]);
   });
 
   it("multitask reject answers a conflict; interrupt cancels the active run and the new one starts next", async () => {
@@ -241,8 +251,8 @@ describe("scheduler", () => {
     const [a, b] = await Promise.all([enqueue(ten.id, th.id, "x", same), enqueue(ten.id, th.id, "x", same)]);
     expect(a.run.id).toBe(b.run.id);
     expect([a.created, b.created].sort()).toEqual([false, true]);
-    await expect(enqueue(ten.id, th.id, "y", { idempotencyKey: "k1", requestHash: "h2" })).rejects.toSatisfy((e) =>
-      isCapstanError(e, "idempotency_key_reused"),
+    await expect(enqueue(ten.id, th.id, "y", { idempotencyKey: "k1", requestHash: "h2" })).rejects.toSatisfy(
+      (e) => isCapstanError(e, "idempotency_key_reused"),
     );
     await cancelRun(t.db, ten.id, a.run.id);
   });
@@ -278,7 +288,9 @@ describe("scheduler", () => {
     // Cancelling again is a no-op; a foreign tenant sees nothing.
     expect((await cancelRun(t.db, ten.id, r1.run.id)).events).toEqual([]);
     const other = await tenant();
-    await expect(cancelRun(t.db, other.id, r1.run.id)).rejects.toSatisfy((e) => isCapstanError(e, "not_found"));
+    await expect(cancelRun(t.db, other.id, r1.run.id)).rejects.toSatisfy((e) =>
+      isCapstanError(e, "not_found"),
+    );
   });
 
   it("prunes finished runs past retention and keeps the thread history", async () => {
@@ -286,9 +298,14 @@ describe("scheduler", () => {
     const th = await createThread(t.db, ten.id);
     const { run } = await enqueue(ten.id, th.id, "1");
     await succeed((await claim())!);
-    expect((await pruneFinished(t.db, { runsOlderThanMs: 3_600_000, idempotencyKeysOlderThanMs: 3_600_000 })).runs).toBe(0);
+    expect(
+      (await pruneFinished(t.db, { runsOlderThanMs: 3_600_000, idempotencyKeysOlderThanMs: 3_600_000 })).runs,
+    ).toBe(0);
     await t.db.query("UPDATE runs SET finished_at = now() - interval '2 hours' WHERE id = $1", [run.id]);
-    const pruned = await pruneFinished(t.db, { runsOlderThanMs: 3_600_000, idempotencyKeysOlderThanMs: 3_600_000 });
+    const pruned = await pruneFinished(t.db, {
+      runsOlderThanMs: 3_600_000,
+      idempotencyKeysOlderThanMs: 3_600_000,
+    });
     expect(pruned.runs).toBeGreaterThanOrEqual(1);
     await expect(getRun(t.db, ten.id, run.id)).rejects.toSatisfy((e) => isCapstanError(e, "not_found"));
     expect((await readHistory(t.db, th.id)).length).toBe(2);

@@ -74,7 +74,12 @@ export async function enqueueRun(db: Db, input: EnqueueInput): Promise<EnqueueRe
   } catch (err) {
     // A concurrent request with the same key won the race: answer with its run.
     if (input.idempotencyKey && isUniqueViolation(err, "runs_idempotency")) {
-      const existing = await findByIdempotencyKey(db, input.tenantId, input.idempotencyKey, input.requestHash);
+      const existing = await findByIdempotencyKey(
+        db,
+        input.tenantId,
+        input.idempotencyKey,
+        input.requestHash,
+      );
       if (existing) return { run: existing, created: false, events: [] };
     }
     throw err;
@@ -87,7 +92,10 @@ async function findByIdempotencyKey(
   key: string,
   requestHash: string | undefined,
 ): Promise<Run | null> {
-  const r = await q.query("SELECT * FROM runs WHERE tenant_id = $1 AND idempotency_key = $2", [tenantId, key]);
+  const r = await q.query("SELECT * FROM runs WHERE tenant_id = $1 AND idempotency_key = $2", [
+    tenantId,
+    key,
+  ]);
   if (!r.rows[0]) return null;
   const run = toRun(r.rows[0]);
   if ((run.requestHash ?? undefined) !== requestHash) {
@@ -111,9 +119,13 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
   );
   const limit = cap.rows[0]!.max_pending ?? input.defaultMaxPending;
   if (cap.rows[0]!.pending >= limit) {
-    throw new CapstanError("too_many_runs", `the tenant already has ${limit} queued or active runs; retry later`, {
-      details: { limit },
-    });
+    throw new CapstanError(
+      "too_many_runs",
+      `the tenant already has ${limit} queued or active runs; retry later`,
+      {
+        details: { limit },
+      },
+    );
   }
 
   const multitask = input.multitask ?? "enqueue";
@@ -133,7 +145,10 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
     for (const p of [...pending.rows].reverse()) {
       events.push(
         ...(await terminateTx(q, p.id, input.threadId, "cancelled", {
-          error: { code: "interrupted", message: "cancelled by a newer run on the thread (multitask: interrupt)" },
+          error: {
+            code: "interrupted",
+            message: "cancelled by a newer run on the thread (multitask: interrupt)",
+          },
         })),
       );
     }
@@ -196,8 +211,15 @@ async function terminateTx(
   if (opts.messages?.length) await appendMessages(q, threadId, runId, opts.messages);
   const terminal: NewEvent = {
     type: `run.${status}`,
-    data: { run_id: runId, status, ...(opts.error ? { error: opts.error } : {}), usage: {
-      input_tokens: run.usage.inputTokens, output_tokens: run.usage.outputTokens } },
+    data: {
+      run_id: runId,
+      status,
+      ...(opts.error ? { error: opts.error } : {}),
+      usage: {
+        input_tokens: run.usage.inputTokens,
+        output_tokens: run.usage.outputTokens,
+      },
+    },
   };
   const events = await insertEvents(q, runId, [...(opts.events ?? []), terminal]);
   if (status === "cancelled") await q.query("SELECT pg_notify($1, $2)", [CHANNELS.control, runId]);
@@ -259,7 +281,7 @@ async function claimInTenant(q: Queryable, tenantId: string, opts: ClaimOptions)
        SELECT id FROM runs
        WHERE tenant_id = $1 AND status = 'queued' AND ready
        ORDER BY priority DESC, seq
-       LIMIT 1 FOR UPDATE SKIP LOCKED
+       LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED
      ), u AS (
        UPDATE runs r SET status = 'running', attempts = r.attempts + 1, lease_owner = $2,
          lease_expires_at = now() + make_interval(secs => $3::float8 / 1000),
@@ -340,7 +362,7 @@ export async function reclaimExpired(db: Db, limit = 100): Promise<ReclaimResult
     `WITH c AS (
        SELECT id FROM runs
        WHERE status = 'running' AND lease_expires_at < now() AND attempts < max_attempts
-       ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+       ORDER BY lease_expires_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED
      )
      UPDATE runs r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
        lease_epoch = r.lease_epoch + 1, queued_at = now(), updated_at = now()
@@ -389,7 +411,12 @@ export interface FinishInput {
 }
 
 /** Finish a run the caller holds, in one transaction (fenced). */
-export async function finishRun(db: Db, lease: Lease, threadId: string, input: FinishInput): Promise<RunEvent[]> {
+export async function finishRun(
+  db: Db,
+  lease: Lease,
+  threadId: string,
+  input: FinishInput,
+): Promise<RunEvent[]> {
   return db.tx(async (q) => {
     await lockThread(q, threadId);
     await assertLeaseTx(q, lease);
@@ -412,7 +439,10 @@ export async function suspendRun(
        WHERE id = $1`,
       [lease.runId, wait],
     );
-    return insertEvents(q, lease.runId, [...events, { type: "run.waiting", data: { run_id: lease.runId, wait } }]);
+    return insertEvents(q, lease.runId, [
+      ...events,
+      { type: "run.waiting", data: { run_id: lease.runId, wait } },
+    ]);
   });
 }
 
@@ -424,7 +454,10 @@ export async function resumeRun(
   decision: Record<string, unknown>,
 ): Promise<Run> {
   return db.tx(async (q) => {
-    const r = await q.query("SELECT * FROM runs WHERE id = $1 AND tenant_id = $2 FOR UPDATE", [runId, tenantId]);
+    const r = await q.query("SELECT * FROM runs WHERE id = $1 AND tenant_id = $2 FOR UPDATE", [
+      runId,
+      tenantId,
+    ]);
     if (!r.rows[0]) throw new CapstanError("not_found", `run ${runId} not found`);
     const run = toRun(r.rows[0]);
     if (run.status !== "waiting") {

@@ -134,6 +134,7 @@ export async function revokeApiKey(q: Queryable, idOrPrefix: string): Promise<Ap
     [idOrPrefix],
   );
   if (r.rows.length === 0) throw new CapstanError("not_found", `no API key ${idOrPrefix}`);
-  if (r.rows.length > 1) throw new CapstanError("validation_failed", `prefix ${idOrPrefix} matches several keys; use the id`);
+  if (r.rows.length > 1)
+    throw new CapstanError("validation_failed", `prefix ${idOrPrefix} matches several keys; use the id`);
   return toKey(r.rows[0]!);
 }

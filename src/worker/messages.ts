@@ -19,13 +19,19 @@ export function historyToModelMessages(history: Message[]): ModelMessage[] {
 }
 
 export function assistantMessage(r: LlmResponse): ModelMessage {
-  const parts: ({ type: "text"; text: string } | { type: "tool-call"; toolCallId: string; toolName: string; input: unknown })[] = [];
+  const parts: (
+    | { type: "text"; text: string }
+    | { type: "tool-call"; toolCallId: string; toolName: string; input: unknown }
+  )[] = [];
   if (r.text) parts.push({ type: "text", text: r.text });
-  for (const c of r.toolCalls) parts.push({ type: "tool-call", toolCallId: c.toolCallId, toolName: c.toolName, input: c.input });
+  for (const c of r.toolCalls)
+    parts.push({ type: "tool-call", toolCallId: c.toolCallId, toolName: c.toolName, input: c.input });
   return { role: "assistant", content: parts };
 }
 
-export function toolMessage(results: { toolCallId: string; toolName: string; outcome: ToolOutcome }[]): ModelMessage {
+export function toolMessage(
+  results: { toolCallId: string; toolName: string; outcome: ToolOutcome }[],
+): ModelMessage {
   return {
     role: "tool",
     content: results.map((r) => ({

@@ -130,7 +130,8 @@ interface RetryVerdict {
 function classify(err: unknown): RetryVerdict {
   if (APICallError.isInstance(err)) {
     const status = err.statusCode;
-    const retryable = status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
+    const retryable =
+      status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
     return { retryable, status, retryAfterMs: retryAfter(err.responseHeaders) };
   }
   const cause = err instanceof Error ? err.cause : undefined;
@@ -140,7 +141,8 @@ function classify(err: unknown): RetryVerdict {
   }
   // Network-level failures (connection refused/reset, socket timeouts).
   const msg = errorMessage(err);
-  const retryable = /ECONNRESET|ECONNREFUSED|ETIMEDOUT|EPIPE|socket hang up|fetch failed|terminated|network/i.test(msg);
+  const retryable =
+    /ECONNRESET|ECONNREFUSED|ETIMEDOUT|EPIPE|socket hang up|fetch failed|terminated|network/i.test(msg);
   return { retryable };
 }
 

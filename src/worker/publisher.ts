@@ -58,7 +58,10 @@ export class RunPublisher {
       try {
         await this.stream.publish(this.runId, batch);
       } catch (err) {
-        this.logger.warn({ err, runId: this.runId }, "event stream publish failed; readers will use Postgres");
+        this.logger.warn(
+          { err, runId: this.runId },
+          "event stream publish failed; readers will use Postgres",
+        );
       }
     });
     return this.flushing;

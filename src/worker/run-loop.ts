@@ -81,11 +81,16 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
         response = journaled.output as LlmResponse;
       } else {
         if (ctx.draining()) return await handOff(ctx);
-        if (stepNo >= limits.maxSteps) fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
+        if (stepNo >= limits.maxSteps)
+          fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
         if (usage.inputTokens + usage.outputTokens >= limits.maxTokens) {
-          fail("max_tokens_exceeded", `the run used ${usage.inputTokens + usage.outputTokens} tokens, over its limit of ${limits.maxTokens}`);
+          fail(
+            "max_tokens_exceeded",
+            `the run used ${usage.inputTokens + usage.outputTokens} tokens, over its limit of ${limits.maxTokens}`,
+          );
         }
-        if (Date.now() >= deadline) fail("wall_time_exceeded", `the run exceeded its wall time of ${limits.wallTimeMs} ms`);
+        if (Date.now() >= deadline)
+          fail("wall_time_exceeded", `the run exceeded its wall time of ${limits.wallTimeMs} ms`);
         const r = await llmStep(ctx, stepNo, convo, deadline);
         response = r;
         usage.inputTokens += r.usage.inputTokens;
@@ -98,13 +103,16 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
 
       if (response.toolCalls.length === 0) {
         await publisher.drain();
-        await publisher.coarse(await finishRun(db, lease, run.threadId, { status: "succeeded", messages: produced }));
+        await publisher.coarse(
+          await finishRun(db, lease, run.threadId, { status: "succeeded", messages: produced }),
+        );
         return "succeeded";
       }
       if (stepNo + response.toolCalls.length > limits.maxSteps) {
         fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
       }
-      if (ctx.draining() && response.toolCalls.some((_, i) => !journal.has(stepNo + i))) return await handOff(ctx);
+      if (ctx.draining() && response.toolCalls.some((_, i) => !journal.has(stepNo + i)))
+        return await handOff(ctx);
 
       const results: ToolStepResult[] = await Promise.all(
         response.toolCalls.map((call, i) => runToolStep(ctx, stepNo + i, call, journal.get(stepNo + i))),
@@ -117,7 +125,11 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
       const tm = toolMessage(
         response.toolCalls.map((call, i) => {
           const r = results[i]!;
-          return { toolCallId: call.toolCallId, toolName: call.toolName, outcome: r.kind === "done" ? r.outcome : { ok: false, error: "not run" } };
+          return {
+            toolCallId: call.toolCallId,
+            toolName: call.toolName,
+            outcome: r.kind === "done" ? r.outcome : { ok: false, error: "not run" },
+          };
         }),
       );
       convo.push(tm);
@@ -147,7 +159,8 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
   }
   let runError: RunError;
   if (err instanceof RunFailure) runError = err.runError;
-  else if (err instanceof ModelError) runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
+  else if (err instanceof ModelError)
+    runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
   else if (isTransient(err)) {
     // The database (or network) is gone: write nothing; the lease expires and
     // another worker resumes from the journal.
@@ -159,10 +172,13 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
   }
   try {
     await ctx.publisher.drain();
-    await ctx.publisher.coarse(await finishRun(ctx.db, ctx.run.lease, ctx.run.threadId, { status: "failed", error: runError }));
+    await ctx.publisher.coarse(
+      await finishRun(ctx.db, ctx.run.lease, ctx.run.threadId, { status: "failed", error: runError }),
+    );
     return "failed";
   } catch (finishErr) {
-    if (!(finishErr instanceof LeaseLostError)) ctx.logger.warn({ err: finishErr }, "could not record the run's failure");
+    if (!(finishErr instanceof LeaseLostError))
+      ctx.logger.warn({ err: finishErr }, "could not record the run's failure");
     return "aborted";
   }
 }
@@ -171,7 +187,10 @@ function isTransient(err: unknown): boolean {
   const code = typeof err === "object" && err !== null ? (err as { code?: unknown }).code : undefined;
   if (code === "database_unavailable") return true;
   if (typeof code === "string" && /^(ECONN|EPIPE|ETIMEDOUT|57P0|08)/.test(code)) return true;
-  return err instanceof Error && /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message);
+  return (
+    err instanceof Error &&
+    /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message)
+  );
 }
 
 function describe(v: unknown): string {
@@ -183,7 +202,9 @@ async function llmStep(
   stepNo: number,
   convo: ModelMessage[],
   deadline: number,
-): Promise<LlmResponse & { usage: { inputTokens: number; outputTokens: number; cachedInputTokens?: number } }> {
+): Promise<
+  LlmResponse & { usage: { inputTokens: number; outputTokens: number; cachedInputTokens?: number } }
+> {
   const { run, publisher, agent } = ctx;
   const startedAt = new Date();
   let buffer = "";
@@ -221,7 +242,12 @@ async function llmStep(
     const { response, usage } = result;
     const events = [
       ...(response.text
-        ? [{ type: "message.completed", data: { run_id: run.id, step_no: stepNo, role: "assistant", content: response.text } }]
+        ? [
+            {
+              type: "message.completed",
+              data: { run_id: run.id, step_no: stepNo, role: "assistant", content: response.text },
+            },
+          ]
         : []),
       {
         type: "step.completed",

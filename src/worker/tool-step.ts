@@ -5,8 +5,7 @@ import { outcomeOfStep, type ToolOutcome } from "./messages.js";
 import type { RunContext } from "./run-loop.js";
 
 export type ToolStepResult =
-  | { kind: "done"; outcome: ToolOutcome }
-  | { kind: "wait"; wait: Record<string, unknown> };
+  { kind: "done"; outcome: ToolOutcome } | { kind: "wait"; wait: Record<string, unknown> };
 
 interface ToolCall {
   toolCallId: string;
@@ -40,14 +39,23 @@ export async function runToolStep(
   const parsed = def.input.safeParse(call.input);
   if (!parsed.success) {
     const detail = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-    return recordRefusal(ctx, { ...base, effect: def.effect }, call.input, "invalid_arguments", `invalid arguments for ${call.toolName}: ${detail}`);
+    return recordRefusal(
+      ctx,
+      { ...base, effect: def.effect },
+      call.input,
+      "invalid_arguments",
+      `invalid arguments for ${call.toolName}: ${detail}`,
+    );
   }
   const args: unknown = parsed.data;
   const decision = decisionFor(run.resume, stepNo);
   const waitInfo = { step_no: stepNo, tool: call.toolName, tool_call_id: call.toolCallId, args };
 
   if (journaled?.status === "started" && def.effect === "side-effect" && !decision) {
-    return { kind: "wait", wait: { reason: "unknown_outcome", ...waitInfo, idempotency_key: idempotencyKey } };
+    return {
+      kind: "wait",
+      wait: { reason: "unknown_outcome", ...waitInfo, idempotency_key: idempotencyKey },
+    };
   }
   if (def.requiresApproval && !decision) {
     return { kind: "wait", wait: { reason: "approval", ...waitInfo } };
@@ -57,7 +65,14 @@ export async function runToolStep(
       decision.input !== undefined
         ? `not executed: rejected by a reviewer (${typeof decision.input === "string" ? decision.input : JSON.stringify(decision.input)})`
         : "not executed: rejected by a reviewer";
-    return recordRefusal(ctx, { ...base, effect: def.effect }, args, "rejected", message, journaled !== undefined);
+    return recordRefusal(
+      ctx,
+      { ...base, effect: def.effect },
+      args,
+      "rejected",
+      message,
+      journaled !== undefined,
+    );
   }
   return execute(ctx, def, { ...base, effect: def.effect, args });
 }
@@ -76,12 +91,25 @@ function decisionFor(
 async function execute(
   ctx: RunContext,
   def: ToolDefinition,
-  step: { stepNo: number; toolName: string; toolCallId: string; idempotencyKey: string; effect: ToolDefinition["effect"]; args: unknown },
+  step: {
+    stepNo: number;
+    toolName: string;
+    toolCallId: string;
+    idempotencyKey: string;
+    effect: ToolDefinition["effect"];
+    args: unknown;
+  },
 ): Promise<ToolStepResult> {
   const { run, db, publisher } = ctx;
   const startEvent: NewEvent = {
     type: "tool.started",
-    data: { run_id: run.id, step_no: step.stepNo, tool_call_id: step.toolCallId, tool: step.toolName, args: step.args },
+    data: {
+      run_id: run.id,
+      step_no: step.stepNo,
+      tool_call_id: step.toolCallId,
+      tool: step.toolName,
+      args: step.args,
+    },
   };
   await publisher.coarse(await recordToolIntent(db, run.lease, step, [startEvent]));
 
@@ -125,7 +153,13 @@ async function execute(
 /** Journal a call that was never executed (unknown tool, invalid args, rejected). */
 async function recordRefusal(
   ctx: RunContext,
-  step: { stepNo: number; toolName: string; toolCallId: string; idempotencyKey: string; effect?: ToolDefinition["effect"] },
+  step: {
+    stepNo: number;
+    toolName: string;
+    toolCallId: string;
+    idempotencyKey: string;
+    effect?: ToolDefinition["effect"];
+  },
   args: unknown,
   code: string,
   message: string,
@@ -136,7 +170,9 @@ async function recordRefusal(
   const events = completedEvents(run.id, step, outcome);
   const error = { code, message };
   if (hasIntent) {
-    await publisher.coarse(await recordToolOutcome(db, run.lease, { stepNo: step.stepNo, status: "failed", error }, events));
+    await publisher.coarse(
+      await recordToolOutcome(db, run.lease, { stepNo: step.stepNo, status: "failed", error }, events),
+    );
   } else {
     await publisher.coarse(
       await appendPureToolStep(
@@ -176,6 +212,8 @@ function toJson(value: unknown): unknown {
   try {
     return JSON.parse(JSON.stringify(value)) as unknown;
   } catch (err) {
-    throw new Error(`result is not JSON-serialisable: ${err instanceof Error ? err.message : String(err)}`);
+    throw new Error(`result is not JSON-serialisable: ${err instanceof Error ? err.message : String(err)}`, {
+      cause: err,
+    });
   }
 }

@@ -74,7 +74,10 @@ export function createWorker(deps: WorkerDeps): Worker {
           await publisher.coarse(
             await finishRun(db, run.lease, run.threadId, {
               status: "failed",
-              error: { code: "unknown_agent", message: `no agent named "${run.agent}" is loaded on this worker` },
+              error: {
+                code: "unknown_agent",
+                message: `no agent named "${run.agent}" is loaded on this worker`,
+              },
             }),
           );
           outcome = "failed";
@@ -144,7 +147,10 @@ export function createWorker(deps: WorkerDeps): Worker {
       await claimer.start();
       const hb = heartbeatMs(settings);
       const tick = () => {
-        hbTimer = setTimeout(() => void beat().finally(() => !draining || active.size ? tick() : undefined), hb);
+        hbTimer = setTimeout(
+          () => void beat().finally(() => (!draining || active.size ? tick() : undefined)),
+          hb,
+        );
       };
       tick();
       const sweep = () => {
@@ -160,7 +166,10 @@ export function createWorker(deps: WorkerDeps): Worker {
         sweepTimer.unref();
       };
       sweep();
-      logger.info({ concurrency: settings.worker.concurrency, leaseMs: settings.worker.leaseMs }, "worker started");
+      logger.info(
+        { concurrency: settings.worker.concurrency, leaseMs: settings.worker.leaseMs },
+        "worker started",
+      );
     },
     async stop(opts = {}) {
       const graceMs = opts.graceMs ?? settings.worker.shutdownGraceMs;

@@ -1,0 +1,186 @@
+#!/usr/bin/env node
+import { pathToFileURL } from "node:url";
+import { Command, CommanderError, Option } from "commander";
+import { isCapstanError } from "../errors.js";
+import { migrate, schemaStatus } from "../state/migrate.js";
+import { createApiKey, ensureTenant, listApiKeys, revokeApiKey } from "../state/tenants.js";
+import { createWorker } from "../worker/worker.js";
+import { openRuntime, type Role, type Runtime } from "./runtime.js";
+import type { SettingsInput } from "../config/config.js";
+
+/**
+ * `capstan`: one binary for every role. Exit codes: 0 success, 1 runtime
+ * failure (e.g. database unreachable), 2 bad usage or configuration.
+ */
+
+interface CommonOpts {
+  config?: string;
+}
+
+const out = (s: string) => process.stdout.write(s + "\n");
+
+async function withRuntime<T>(
+  role: Role,
+  opts: CommonOpts & { flags?: SettingsInput; migrate?: boolean; coordination?: boolean },
+  fn: (rt: Runtime) => Promise<T>,
+): Promise<T> {
+  const rt = await openRuntime({
+    role,
+    cwd: process.cwd(),
+    env: process.env,
+    ...(opts.config ? { configPath: opts.config } : {}),
+    ...(opts.flags ? { flags: opts.flags } : {}),
+    ...(opts.migrate !== undefined ? { migrate: opts.migrate } : {}),
+    ...(opts.coordination !== undefined ? { coordination: opts.coordination } : {}),
+  });
+  try {
+    return await fn(rt);
+  } finally {
+    await rt.close();
+  }
+}
+
+/** Resolve on the first SIGTERM/SIGINT; a second one exits at once. */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.removeListener("SIGTERM", on);
+      process.removeListener("SIGINT", on);
+      process.once(sig, () => process.exit(130));
+      resolve(sig);
+    };
+    process.on("SIGTERM", on);
+    process.on("SIGINT", on);
+  });
+}
+
+const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0)
+    throw new CommanderError(
+      2,
+      "capstan.invalidArgument",
+      `${name} must be a non-negative integer, got "${v}"`,
+    );
+  return n;
+};
+
+export function buildCli(): Command {
+  const program = new Command("capstan")
+    .description("Capstan: a horizontally scalable, crash-safe backend for AI agents")
+    .addOption(
+      new Option(
+        "-c, --config <path>",
+        "agent config file (default: capstan.config.ts|.mts|.js|.mjs in the working directory)",
+      ),
+    )
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command("worker")
+    .description("run the reasoning loop for queued runs (needs DATABASE_URL; REDIS_URL for live streams)")
+    .option("--concurrency <n>", "runs executed at once", int("--concurrency"))
+    .option("--no-migrate", "do not apply pending migrations at start")
+    .action(async (o: { concurrency?: number; migrate: boolean }) => {
+      const flags: SettingsInput = o.concurrency ? { worker: { concurrency: o.concurrency } } : {};
+      await withRuntime(
+        "worker",
+        { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
+        async (rt) => {
+          if (rt.agents.size === 0)
+            rt.logger.warn("no agents loaded: add a capstan.config.ts (runs will fail with unknown_agent)");
+          const worker = createWorker({
+            db: rt.db,
+            coord: rt.coord!,
+            agents: rt.agents,
+            settings: rt.settings,
+            logger: rt.logger,
+          });
+          await worker.start();
+          const sig = await untilSignal();
+          rt.logger.info({ signal: sig }, "stopping worker");
+          await worker.stop();
+        },
+      );
+    });
+
+  program
+    .command("migrate")
+    .description("apply pending database migrations (safe to run concurrently)")
+    .action(async () => {
+      await withRuntime(
+        "admin",
+        { ...program.opts<CommonOpts>(), migrate: false, coordination: false },
+        async (rt) => {
+          const r = await migrate(rt.db, rt.logger);
+          const s = await schemaStatus(rt.db);
+          out(r.applied.length ? `applied: ${r.applied.join(", ")}` : "nothing to apply");
+          out(`schema version ${s.database} (this build: ${s.code})`);
+        },
+      );
+    });
+
+  const keys = program.command("keys").description("manage API keys");
+  keys
+    .command("create")
+    .description("create an API key for a tenant (the tenant is created if new); the key is printed once")
+    .requiredOption("--tenant <name>", "tenant name")
+    .option("--name <label>", "a label for the key")
+    .action(async (o: { tenant: string; name?: string }) => {
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const tenant = await ensureTenant(rt.db, o.tenant);
+        const { key, info } = await createApiKey(rt.db, tenant.id, o.name);
+        out(key);
+        process.stderr.write(
+          `created key ${info.id} (${info.prefix}…) for tenant ${tenant.name}; it is not shown again\n`,
+        );
+      });
+    });
+  keys
+    .command("list")
+    .description("list API keys (never the secrets)")
+    .option("--tenant <name>", "only this tenant")
+    .action(async (o: { tenant?: string }) => {
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const tenantId = o.tenant ? (await ensureTenant(rt.db, o.tenant)).id : undefined;
+        for (const k of await listApiKeys(rt.db, tenantId)) {
+          out(
+            `${k.id}  ${k.prefix}…  ${k.name ?? "-"}  ${k.createdAt.toISOString()}  ${k.revokedAt ? "revoked" : "active"}`,
+          );
+        }
+      });
+    });
+  keys
+    .command("revoke <idOrPrefix>")
+    .description("revoke an API key by id or displayed prefix")
+    .action(async (idOrPrefix: string) => {
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const k = await revokeApiKey(rt.db, idOrPrefix);
+        out(`revoked ${k.id} (${k.prefix}…)`);
+      });
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildCli();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (isCapstanError(err)) {
+      process.stderr.write(`capstan: ${err.message}\n`);
+      return err.code === "config_invalid" || err.code === "validation_failed" ? 2 : 1;
+    }
+    process.stderr.write(`capstan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return 1;
+  }
+}
+
+const isEntry = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
+if (isEntry) {
+  void main(process.argv).then((code) => process.exit(code));
+}

@@ -1,0 +1,167 @@
+import { mkdirSync } from "node:fs";
+import { resolve } from "node:path";
+import { loadConfigFile } from "../agent/loader.js";
+import { resolveModel, toolSchemas } from "../agent/models.js";
+import type { CapstanConfig, ModelProviderSettings } from "../agent/types.js";
+import { resolveSettings, type Settings, type SettingsInput } from "../config/config.js";
+import { createMemoryCoordination, createRedisCoordination } from "../coord/index.js";
+import type { Coordination } from "../coord/types.js";
+import { CapstanError } from "../errors.js";
+import { createLogger, type Logger } from "../logger.js";
+import { createPgDb, createPgliteDb, type Db } from "../state/db.js";
+import { migrate } from "../state/migrate.js";
+import type { LoadedAgent } from "../worker/run-loop.js";
+
+export type Role = "dev" | "ingress" | "worker" | "admin";
+
+export interface RuntimeOptions {
+  role: Role;
+  cwd: string;
+  env: Record<string, string | undefined>;
+  configPath?: string;
+  flags?: SettingsInput;
+  /** Apply pending migrations at start (default true; they run under an advisory lock). */
+  migrate?: boolean;
+  /** Open the coordination backend (not needed by admin commands). */
+  coordination?: boolean;
+}
+
+/** Everything a process role needs, opened once from resolved configuration. */
+export interface Runtime {
+  settings: Settings;
+  logger: Logger;
+  db: Db;
+  coord: Coordination | undefined;
+  config: CapstanConfig | null;
+  agents: Map<string, LoadedAgent>;
+  close(): Promise<void>;
+}
+
+/** Where `PostgreSQL` lives, without the password, for error messages. */
+function describeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname}:${u.port || "5432"}${u.pathname}`;
+  } catch {
+    return "(unparseable DATABASE_URL)";
+  }
+}
+
+function modelSettings(
+  config: CapstanConfig | null,
+  env: Record<string, string | undefined>,
+): ModelProviderSettings {
+  const m: ModelProviderSettings = { ...(config?.models ?? {}) };
+  if (env.CAPSTAN_COMPATIBLE_BASE_URL) {
+    m.compatible = {
+      ...(m.compatible ?? {}),
+      baseURL: env.CAPSTAN_COMPATIBLE_BASE_URL,
+      ...(env.CAPSTAN_COMPATIBLE_API_KEY ? { apiKey: env.CAPSTAN_COMPATIBLE_API_KEY } : {}),
+    };
+  }
+  return m;
+}
+
+export function loadAgents(
+  config: CapstanConfig | null,
+  env: Record<string, string | undefined>,
+): Map<string, LoadedAgent> {
+  const providers = modelSettings(config, env);
+  const out = new Map<string, LoadedAgent>();
+  for (const def of config?.agents ?? []) {
+    out.set(def.name, { def, model: resolveModel(def.model, providers), tools: toolSchemas(def) });
+  }
+  return out;
+}
+
+export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
+  const config = await loadConfigFile(opts.configPath, opts.cwd);
+  const settings = resolveSettings({
+    file: config?.server,
+    env: opts.env,
+    ...(opts.flags ? { flags: opts.flags } : {}),
+  });
+  const logger = createLogger({ level: settings.log.level, name: opts.role });
+
+  let db: Db;
+  if (settings.database.url) {
+    db = createPgDb({
+      url: settings.database.url,
+      poolSize: settings.database.poolSize,
+      statementTimeoutMs: settings.database.statementTimeoutMs,
+      logger,
+      applicationName: `capstan-${opts.role}`,
+    });
+    try {
+      await db.query("SELECT 1");
+    } catch (err) {
+      await db.close().catch(() => {});
+      throw new CapstanError(
+        "database_unavailable",
+        `cannot reach PostgreSQL at ${describeUrl(settings.database.url)} (${err instanceof Error ? err.message : String(err)}): ` +
+          "start it, or set DATABASE_URL to a reachable server",
+        { cause: err },
+      );
+    }
+  } else if (opts.role === "dev" || opts.role === "admin") {
+    const dir = resolve(opts.cwd, settings.dataDir, "pgdata");
+    mkdirSync(dir, { recursive: true });
+    db = await createPgliteDb({ dataDir: dir, logger });
+    logger.info({ dataDir: dir }, "using embedded PostgreSQL (PGlite)");
+  } else {
+    throw new CapstanError(
+      "config_invalid",
+      `capstan ${opts.role} needs PostgreSQL: set DATABASE_URL (e.g. postgres://user@127.0.0.1:5432/capstan); ` +
+        "use `capstan dev` for the embedded database",
+    );
+  }
+
+  try {
+    if (opts.migrate !== false) await migrate(db, logger);
+  } catch (err) {
+    await db.close().catch(() => {});
+    throw err;
+  }
+
+  let coord: Coordination | undefined;
+  if (opts.coordination !== false) {
+    const events = { maxLen: 10_000, ttlMs: 24 * 3600_000 };
+    if (settings.redis.url) {
+      coord = createRedisCoordination({
+        url: settings.redis.url,
+        keyPrefix: settings.redis.keyPrefix,
+        logger,
+        events,
+      });
+    } else {
+      if (opts.role !== "dev") {
+        logger.warn(
+          "REDIS_URL is not set: coordination is in-process only (rate limits per process, streams served from Postgres without token deltas)",
+        );
+      }
+      coord = createMemoryCoordination({ events });
+    }
+  }
+
+  let agents: Map<string, LoadedAgent>;
+  try {
+    agents = loadAgents(config, opts.env);
+  } catch (err) {
+    await coord?.close().catch(() => {});
+    await db.close().catch(() => {});
+    throw err;
+  }
+
+  return {
+    settings,
+    logger,
+    db,
+    coord,
+    config,
+    agents,
+    async close() {
+      await coord?.close().catch((err: unknown) => logger.warn({ err }, "closing coordination failed"));
+      await db.close().catch((err: unknown) => logger.warn({ err }, "closing the database failed"));
+    },
+  };
+}

@@ -82,6 +82,9 @@ async function streamOnce(input: ModelCallInput): Promise<ModelCallResult> {
     tools: input.tools,
     abortSignal: input.signal,
     maxRetries: 0,
+    // Errors arrive as `error` parts below and are classified there; the
+    // SDK's default handler would also print them to the console.
+    onError: () => {},
     ...(input.temperature !== undefined ? { temperature: input.temperature } : {}),
     ...(input.maxOutputTokens !== undefined ? { maxOutputTokens: input.maxOutputTokens } : {}),
   });

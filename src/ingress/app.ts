@@ -1,0 +1,206 @@
+/**
+ * The ingress (DESIGN §2, §10, §11): a stateless HTTP API over Postgres and
+ * the coordination backend. This file only wires things: request ids,
+ * body parsing, the one error handler, auth and rate limits for /v1, routes.
+ */
+import { randomUUID } from "node:crypto";
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from "fastify";
+import { instrumentFastify } from "../observability/http.js";
+import type { Metrics } from "../observability/metrics.js";
+import type { Settings } from "../config/config.js";
+import type { Coordination, RateLimitRule } from "../coord/types.js";
+import { CapstanError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { Db } from "../state/db.js";
+import { createAuthenticator, type AuthOptions } from "./auth.js";
+import type { IngressContext } from "./context.js";
+import { createIngressMetrics } from "./metrics.js";
+import { problemFor } from "./problem.js";
+import { createRateLimitCheck, DEFAULT_RATE_LIMIT, type RedisFailurePolicy } from "./ratelimit.js";
+import { eventRoutes } from "./routes/events.js";
+import { opsRoutes } from "./routes/ops.js";
+import { runRoutes } from "./routes/runs.js";
+import { threadRoutes } from "./routes/threads.js";
+import { createRunWatchHub } from "./run-watch.js";
+import { DEFAULT_SSE, type SseOptions } from "./sse.js";
+
+export interface IngressDeps {
+  db: Db;
+  coord: Coordination;
+  settings: Settings;
+  logger: Logger;
+  /** Names of the loaded agents: a run for any other agent is refused (`unknown_agent`). */
+  agentNames: () => string[];
+  /** Per-API-key limit shared by all replicas; `false` disables it. Default 600 requests/min. */
+  rateLimit?: RateLimitRule | false;
+  /** When the coordination backend fails: let requests through ("open", default) or refuse them (503). */
+  redisFailurePolicy?: RedisFailurePolicy;
+  auth?: AuthOptions;
+  sse?: Partial<SseOptions>;
+  /** Most SSE streams + /wait calls open at once in this process. Default 10,000. */
+  maxWatchers?: number;
+  /** `/wait` re-reads the run at least this often. Default 5,000 ms. */
+  waitPollMs?: number;
+  /** Readiness probe timeout per backend. Default 2,000 ms. */
+  probeTimeoutMs?: number;
+  /**
+   * The process metrics (src/observability): served at /metrics, with the
+   * ingress series added. Default: a private set for this app.
+   */
+  metrics?: Metrics;
+}
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function sendProblem(err: unknown, req: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const p = problemFor(err, req.id);
+  if (p.serverFault) req.log.error({ err }, "request failed");
+  else req.log.debug({ code: p.body.code }, "request refused");
+  return reply.code(p.status).headers(p.headers).type("application/problem+json").send(p.body);
+}
+
+export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> {
+  const logger = deps.logger.child({ component: "ingress" });
+  const hub = createRunWatchHub(deps.db, logger, { maxWatchers: deps.maxWatchers ?? 10_000 });
+  const { metrics, release: releaseMetrics } = createIngressMetrics(deps.metrics, () => hub.size());
+  const shutdown = new AbortController();
+  const longRequests = new Set<Promise<unknown>>();
+  const ctx: IngressContext = {
+    db: deps.db,
+    coord: deps.coord,
+    settings: deps.settings,
+    logger,
+    metrics,
+    hub,
+    agentNames: deps.agentNames,
+    sse: { ...DEFAULT_SSE, ...deps.sse },
+    shutdown: shutdown.signal,
+    waitPollMs: deps.waitPollMs ?? 5_000,
+    track(work) {
+      const settled = work.then(
+        () => undefined,
+        () => undefined,
+      );
+      longRequests.add(settled);
+      void settled.then(() => longRequests.delete(settled));
+      return work;
+    },
+  };
+  const auth = createAuthenticator(deps.db, deps.auth);
+  const rule = deps.rateLimit === undefined ? DEFAULT_RATE_LIMIT : deps.rateLimit;
+  const rateCheck =
+    rule === false
+      ? undefined
+      : createRateLimitCheck({
+          limiter: deps.coord.rateLimiter,
+          rule,
+          policy: deps.redisFailurePolicy ?? "open",
+          logger,
+          metrics,
+        });
+
+  // Typed as Fastify's base logger so the instance has the plain FastifyInstance type.
+  const fastifyLogger: FastifyBaseLogger = logger;
+  const app = Fastify({
+    loggerInstance: fastifyLogger,
+    bodyLimit: deps.settings.http.bodyLimitBytes,
+    // Honour a sane caller-supplied id (tracing across services), else mint one.
+    genReqId: (req) => {
+      const h = req.headers["x-request-id"];
+      return typeof h === "string" && REQUEST_ID_RE.test(h) ? h : randomUUID();
+    },
+    // One log line per request comes from our onResponse hook instead.
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: "requestId" }),
+    // Closing is answered by our own hook below, as problem+json.
+    return503OnClosing: false,
+    // HEAD on an event stream would hold a watcher for nothing: no implicit HEAD routes.
+    exposeHeadRoutes: false,
+  });
+
+  app.decorateRequest("principal", null);
+
+  // Only JSON bodies exist in this API: every other media type is 415. An
+  // empty body counts as absent (POST /cancel from clients that always send
+  // Content-Type: application/json).
+  app.removeAllContentTypeParsers();
+  const defaultJson = app.getDefaultJsonParser("error", "error");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    const text = typeof body === "string" ? body : body.toString("utf8");
+    if (text.trim() === "") {
+      done(null, undefined);
+      return;
+    }
+    void defaultJson(req, text, done);
+  });
+
+  app.setErrorHandler((err, req, reply) => sendProblem(err, req, reply));
+  app.setNotFoundHandler((req, reply) =>
+    sendProblem(new CapstanError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`), req, reply),
+  );
+
+  app.addHook("onRequest", async (req, reply) => {
+    reply.header("x-request-id", req.id);
+    if (shutdown.signal.aborted) {
+      reply.header("connection", "close");
+      throw new CapstanError("server_busy", "the server is shutting down; retry on another replica");
+    }
+  });
+  instrumentFastify(app, metrics.base);
+  app.addHook("onResponse", async (req, reply) => {
+    const route = req.routeOptions.url ?? "unmatched";
+    const level =
+      reply.statusCode >= 500 ? "warn" : route === "/healthz" || route === "/readyz" ? "debug" : "info";
+    req.log[level](
+      { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
+      "request",
+    );
+  });
+
+  // Shutdown: SSE streams end with a retry hint and /wait answers at once.
+  // Waiting for them here (briefly) means their connections are idle by the
+  // time Fastify closes the server, which closes idle connections; then the
+  // remaining in-flight requests drain.
+  app.addHook("preClose", async () => {
+    shutdown.abort();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(longRequests),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, 2_000);
+      }),
+    ]);
+    clearTimeout(timer);
+  });
+  app.addHook("onClose", async () => {
+    releaseMetrics();
+    await hub.close();
+  });
+
+  opsRoutes(app, ctx, { probeTimeoutMs: deps.probeTimeoutMs ?? 2_000 });
+
+  await app.register(
+    async (v1) => {
+      v1.addHook("onRequest", async (req, reply) => {
+        const principal = await auth.authenticate(req.headers.authorization);
+        req.principal = principal;
+        req.log = req.log.child({ tenantId: principal.tenantId });
+        if (rateCheck) await rateCheck(principal.keyId, reply);
+      });
+      threadRoutes(v1, ctx);
+      runRoutes(v1, ctx);
+      eventRoutes(v1, ctx);
+    },
+    { prefix: "/v1" },
+  );
+
+  await app.ready();
+  // LISTEN before the first request, so the first streams miss no notification.
+  await hub.start(deps.probeTimeoutMs ?? 2_000);
+  return app;
+}

@@ -1,0 +1,70 @@
+/**
+ * Bearer API-key authentication. Positive lookups are cached in process
+ * memory for at most `ttlMs` (bounded entries, oldest evicted first), so a
+ * revoked key stops working within that time on every replica; unknown keys
+ * are never cached (they would let a flood of garbage keys evict good ones).
+ */
+import { createHash } from "node:crypto";
+import { CapstanError } from "../errors.js";
+import type { Queryable } from "../state/db.js";
+import { authenticateApiKey } from "../state/tenants.js";
+
+export interface Principal {
+  tenantId: string;
+  keyId: string;
+}
+
+export interface AuthOptions {
+  /** Cache lifetime of a successful lookup; capped at 10 s. Default 5,000 ms; 0 disables the cache. */
+  cacheTtlMs?: number;
+  /** Most cached keys. Default 10,000. */
+  cacheMaxEntries?: number;
+}
+
+const MAX_KEY_CHARS = 256;
+
+export interface Authenticator {
+  /** The principal for an `Authorization` header value; throws `unauthorized`. */
+  authenticate(header: string | undefined): Promise<Principal>;
+  /** Cached entries (for tests and metrics). */
+  size(): number;
+}
+
+function unauthorized(message: string): CapstanError {
+  return new CapstanError("unauthorized", message);
+}
+
+export function createAuthenticator(db: Queryable, opts: AuthOptions = {}): Authenticator {
+  const ttlMs = Math.min(opts.cacheTtlMs ?? 5_000, 10_000);
+  const maxEntries = Math.max(1, opts.cacheMaxEntries ?? 10_000);
+  // Keyed by a hash of the secret, never the secret itself. Map order = insertion order = age.
+  const cache = new Map<string, Principal & { expiresAt: number }>();
+
+  return {
+    async authenticate(header) {
+      if (!header) throw unauthorized("missing Authorization header: send `Authorization: Bearer <api key>`");
+      const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
+      if (!m) throw unauthorized("malformed Authorization header: expected `Bearer <api key>`");
+      const secret = m[1]!;
+      if (secret.length > MAX_KEY_CHARS) throw unauthorized("invalid API key");
+      const h = createHash("sha256").update(secret).digest("base64");
+      const now = Date.now();
+      const hit = cache.get(h);
+      if (hit && hit.expiresAt > now) return { tenantId: hit.tenantId, keyId: hit.keyId };
+      if (hit) cache.delete(h);
+
+      const found = await authenticateApiKey(db, secret);
+      if (!found) throw unauthorized("invalid or revoked API key");
+      if (ttlMs > 0) {
+        cache.set(h, { ...found, expiresAt: now + ttlMs });
+        while (cache.size > maxEntries) {
+          const oldest = cache.keys().next();
+          if (oldest.done) break;
+          cache.delete(oldest.value);
+        }
+      }
+      return found;
+    },
+    size: () => cache.size,
+  };
+}

@@ -1,0 +1,235 @@
+/**
+ * The OpenAPI 3.1 document, generated from the zod schemas in ./schemas.ts
+ * (JSON Schema 2020-12, which OpenAPI 3.1 uses as is). Built once per app.
+ */
+import { z } from "zod";
+import * as s from "./schemas.js";
+
+type Json = Record<string, unknown>;
+
+const REQUESTS = {
+  CreateThreadRequest: s.createThreadBody,
+  CreateRunRequest: s.createRunBody,
+  ResumeRunRequest: s.resumeBody,
+  JsonValue: s.jsonValue,
+} as const;
+
+const RESPONSES = {
+  Thread: s.threadSchema,
+  Run: s.runSchema,
+  MessagePage: s.messagePageSchema,
+  StepList: s.stepListSchema,
+  Problem: s.problemSchema,
+} as const;
+
+function components(entries: Record<string, z.ZodType>, io: "input" | "output"): Record<string, Json> {
+  const reg = z.registry<{ id: string }>();
+  for (const [id, schema] of Object.entries(entries)) reg.add(schema, { id });
+  const out = z.toJSONSchema(reg, { io, uri: (id) => `#/components/schemas/${id}`, unrepresentable: "any" });
+  const schemas: Record<string, Json> = {};
+  for (const [id, schema] of Object.entries(out.schemas)) {
+    // Components are embedded in the document: no per-schema $schema or $id.
+    const { $schema: _s, $id: _i, ...rest } = schema as Json;
+    schemas[id] = rest;
+  }
+  return schemas;
+}
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const json = (name: string): Json => ({ "application/json": { schema: ref(name) } });
+
+const problems = (...statuses: number[]): Json =>
+  Object.fromEntries(
+    statuses.map((st) => [
+      String(st),
+      { description: "Problem", content: { "application/problem+json": { schema: ref("Problem") } } },
+    ]),
+  );
+
+function queryParams(schema: z.ZodObject): Json[] {
+  const js = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as {
+    properties?: Record<string, Json>;
+    required?: string[];
+  };
+  return Object.entries(js.properties ?? {}).map(([name, p]) => ({
+    name,
+    in: "query",
+    required: js.required?.includes(name) ?? false,
+    ...(typeof p.description === "string" ? { description: p.description } : {}),
+    schema: p,
+  }));
+}
+
+const idParam = (what: string): Json => ({
+  name: "id",
+  in: "path",
+  required: true,
+  description: `${what} id (uuid)`,
+  schema: { type: "string", format: "uuid" },
+});
+const idempotencyKey: Json = {
+  name: "Idempotency-Key",
+  in: "header",
+  required: false,
+  description:
+    "Makes the POST safe to retry: the same key with the same body answers the first response; " +
+    "with a different body, 422 idempotency_key_reused.",
+  schema: { type: "string", minLength: 1, maxLength: s.LIMITS.idempotencyKeyChars },
+};
+const common = problems(401, 429, 503);
+
+export function buildOpenApi(): Json {
+  return {
+    openapi: "3.1.0",
+    info: {
+      title: "Capstan API",
+      version: "1",
+      description: "Durable AI agent runs. Errors are application/problem+json with a stable `code`.",
+    },
+    components: {
+      securitySchemes: { apiKey: { type: "http", scheme: "bearer" } },
+      schemas: { ...components(REQUESTS, "input"), ...components(RESPONSES, "output") },
+    },
+    security: [{ apiKey: [] }],
+    paths: {
+      "/v1/threads": {
+        post: {
+          summary: "Create a thread",
+          parameters: [idempotencyKey],
+          requestBody: { required: false, content: json("CreateThreadRequest") },
+          responses: {
+            "201": { description: "Created", content: json("Thread") },
+            ...problems(400, 413, 415, 422),
+            ...common,
+          },
+        },
+      },
+      "/v1/threads/{id}": {
+        get: {
+          summary: "Get a thread with its status",
+          parameters: [idParam("thread")],
+          responses: {
+            "200": { description: "The thread", content: json("Thread") },
+            ...problems(404),
+            ...common,
+          },
+        },
+      },
+      "/v1/threads/{id}/messages": {
+        get: {
+          summary: "List messages in order",
+          parameters: [idParam("thread"), ...queryParams(s.messagesQuery)],
+          responses: {
+            "200": { description: "A page", content: json("MessagePage") },
+            ...problems(400, 404),
+            ...common,
+          },
+        },
+      },
+      "/v1/threads/{id}/runs": {
+        post: {
+          summary: "Start a run on a thread",
+          parameters: [idParam("thread"), idempotencyKey],
+          requestBody: { required: true, content: json("CreateRunRequest") },
+          responses: {
+            "202": { description: "Accepted (queued)", content: json("Run") },
+            ...problems(400, 404, 409, 413, 415, 422),
+            ...common,
+          },
+        },
+      },
+      "/v1/runs/{id}": {
+        get: {
+          summary: "Get a run",
+          parameters: [idParam("run")],
+          responses: { "200": { description: "The run", content: json("Run") }, ...problems(404), ...common },
+        },
+      },
+      "/v1/runs/{id}/wait": {
+        get: {
+          summary: "Wait until the run is terminal or waiting, or the timeout passes",
+          parameters: [idParam("run"), ...queryParams(s.waitQuery)],
+          responses: {
+            "200": { description: "The run", content: json("Run") },
+            ...problems(400, 404),
+            ...common,
+          },
+        },
+      },
+      "/v1/runs/{id}/events": {
+        get: {
+          summary: "Stream run events (SSE)",
+          description:
+            'Server-sent events. Ids: "N" for persisted coarse events (gap-free), "N.k" for token deltas. ' +
+            "Replays after Last-Event-ID (or ?after=), follows live, ends after run.succeeded, run.failed " +
+            "or run.cancelled. 204 when the run is finished and nothing is left after the cursor.",
+          parameters: [
+            idParam("run"),
+            ...queryParams(s.eventsQuery),
+            { name: "Last-Event-ID", in: "header", required: false, schema: { type: "string" } },
+          ],
+          responses: {
+            "200": {
+              description: "Event stream",
+              content: { "text/event-stream": { schema: { type: "string" } } },
+            },
+            "204": { description: "Finished run, nothing after the cursor" },
+            ...problems(400, 404),
+            ...common,
+          },
+        },
+      },
+      "/v1/runs/{id}/steps": {
+        get: {
+          summary: "The run's step journal",
+          parameters: [idParam("run")],
+          responses: {
+            "200": { description: "Steps", content: json("StepList") },
+            ...problems(404),
+            ...common,
+          },
+        },
+      },
+      "/v1/runs/{id}/cancel": {
+        post: {
+          summary: "Cancel a queued, running or waiting run",
+          parameters: [idParam("run"), idempotencyKey],
+          responses: {
+            "200": { description: "The run", content: json("Run") },
+            ...problems(404, 409, 422),
+            ...common,
+          },
+        },
+      },
+      "/v1/runs/{id}/resume": {
+        post: {
+          summary: "Resume a waiting run with a decision",
+          parameters: [idParam("run"), idempotencyKey],
+          requestBody: { required: true, content: json("ResumeRunRequest") },
+          responses: {
+            "200": { description: "The run (queued again)", content: json("Run") },
+            ...problems(400, 404, 409, 413, 415, 422),
+            ...common,
+          },
+        },
+      },
+      "/healthz": {
+        get: { summary: "Liveness", security: [], responses: { "200": { description: "Alive" } } },
+      },
+      "/readyz": {
+        get: {
+          summary: "Readiness: Postgres reachable, schema current, coordination reachable, agents loaded",
+          security: [],
+          responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } },
+        },
+      },
+      "/metrics": {
+        get: {
+          summary: "Prometheus metrics",
+          security: [],
+          responses: { "200": { description: "Metrics" } },
+        },
+      },
+    },
+  };
+}

@@ -1,0 +1,70 @@
+/** State objects → the snake_case wire shapes of DESIGN §11 (see ./schemas.ts). */
+import type { Thread } from "../state/threads.js";
+import type { Message, Run, Step } from "../state/types.js";
+import type * as wire from "../client/types.js";
+import type { MessageJson, MessagePageJson, ProblemJson, RunJson, StepJson, ThreadJson } from "./schemas.js";
+
+const iso = (d: Date): string => d.toISOString();
+const isoOrNull = (d: Date | null): string | null => (d ? d.toISOString() : null);
+
+export function threadView(t: Thread): ThreadJson {
+  return { id: t.id, status: t.status, metadata: t.metadata, created_at: iso(t.createdAt) };
+}
+
+export function runView(r: Run): RunJson {
+  return {
+    id: r.id,
+    thread_id: r.threadId,
+    agent: r.agent,
+    status: r.status,
+    multitask: r.multitask,
+    metadata: r.metadata,
+    attempts: r.attempts,
+    usage: { input_tokens: r.usage.inputTokens, output_tokens: r.usage.outputTokens },
+    error: r.error,
+    wait: r.wait,
+    created_at: iso(r.createdAt),
+    started_at: isoOrNull(r.startedAt),
+    finished_at: isoOrNull(r.finishedAt),
+  };
+}
+
+export function messageView(m: Message): MessageJson {
+  return { seq: m.seq, role: m.role, content: m.content, run_id: m.runId, created_at: iso(m.createdAt) };
+}
+
+export function stepView(s: Step): StepJson {
+  return {
+    step_no: s.stepNo,
+    kind: s.kind,
+    status: s.status,
+    tool_name: s.toolName,
+    tool_call_id: s.toolCallId,
+    effect: s.effect,
+    args: s.input,
+    result: s.output,
+    error: s.error,
+    usage:
+      s.kind === "llm"
+        ? {
+            input_tokens: s.inputTokens ?? 0,
+            output_tokens: s.outputTokens ?? 0,
+            cached_input_tokens: s.cachedInputTokens,
+          }
+        : null,
+    started_at: iso(s.startedAt),
+    finished_at: isoOrNull(s.finishedAt),
+  };
+}
+
+// Compile-time guard: the schemas (hence /openapi.json) and the typed client's
+// wire types must describe the same JSON. A mismatch fails `tsc`.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const _wireTypesAgree: [
+  Same<ThreadJson, wire.Thread>,
+  Same<RunJson, wire.Run>,
+  Same<MessageJson, wire.Message>,
+  Same<MessagePageJson, wire.MessagePage>,
+  Same<StepJson, wire.Step>,
+  Same<Required<ProblemJson>, Required<Pick<wire.Problem, keyof ProblemJson>>>,
+] = [true, true, true, true, true, true];

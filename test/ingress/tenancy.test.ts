@@ -1,0 +1,74 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { RunningIngress } from "../../src/ingress/server.js";
+import { createApiKey, revokeApiKey } from "../../src/state/tenants.js";
+import { call, createHarness, obj, rowCounts, threadAndRun, type Harness } from "./harness.js";
+
+let h: Harness;
+let api: RunningIngress;
+beforeAll(async () => {
+  h = await createHarness();
+  api = await h.start();
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+describe("tenant isolation: another tenant's id is a 404 on every endpoint, and nothing changes", () => {
+  it("every endpoint", async () => {
+    const { threadId, runId } = await threadAndRun(api.url, h.a.key, "secret");
+    const before = await rowCounts(h.t);
+    const runBefore = obj((await call(api.url, "GET", `/v1/runs/${runId}`, { key: h.a.key })).body);
+
+    const attempts: [string, string, unknown?][] = [
+      ["GET", `/v1/threads/${threadId}`],
+      ["GET", `/v1/threads/${threadId}/messages`],
+      ["POST", `/v1/threads/${threadId}/runs`, { agent: "echo", input: "mine now" }],
+      ["GET", `/v1/runs/${runId}`],
+      ["GET", `/v1/runs/${runId}/wait?timeout=1`],
+      ["GET", `/v1/runs/${runId}/events`],
+      ["GET", `/v1/runs/${runId}/steps`],
+      ["POST", `/v1/runs/${runId}/cancel`],
+      ["POST", `/v1/runs/${runId}/resume`, { decision: "approve" }],
+    ];
+    for (const [method, path, json] of attempts) {
+      for (const headers of [{}, { "idempotency-key": `foreign-${method}-${path}` }] as Record<
+        string,
+        string
+      >[]) {
+        const res = await call(api.url, method, path, { key: h.b.key, headers, ...(json ? { json } : {}) });
+        expect(res.status, `${method} ${path}: ${res.text}`).toBe(404);
+        expect(obj(res.body).code).toBe("not_found");
+        // The answer never carries the other tenant's data.
+        expect(res.text).not.toContain("secret");
+      }
+    }
+    expect(await rowCounts(h.t)).toEqual(before);
+    expect(obj((await call(api.url, "GET", `/v1/runs/${runId}`, { key: h.a.key })).body)).toEqual(runBefore);
+    // Foreign and unknown ids are answered identically.
+    const unknown = await call(api.url, "GET", "/v1/runs/00000000-0000-4000-8000-000000000000", {
+      key: h.b.key,
+    });
+    const foreign = await call(api.url, "GET", `/v1/runs/${runId}`, { key: h.b.key });
+    expect(Object.keys(obj(unknown.body)).sort()).toEqual(Object.keys(obj(foreign.body)).sort());
+    expect(obj(unknown.body).title).toBe(obj(foreign.body).title);
+  });
+
+  it("idempotency keys are per tenant: the same key in two tenants makes two resources", async () => {
+    const headers = { "idempotency-key": "shared-key" };
+    const a = await call(api.url, "POST", "/v1/threads", { key: h.a.key, json: {}, headers });
+    const b = await call(api.url, "POST", "/v1/threads", { key: h.b.key, json: {}, headers });
+    expect(a.status).toBe(201);
+    expect(b.status).toBe(201);
+    expect(obj(a.body).id).not.toBe(obj(b.body).id);
+  });
+
+  it("a revoked key stops working once its cache entry expires (cache off here)", async () => {
+    const strict = await h.start({ auth: { cacheTtlMs: 0 } });
+    const k = await createApiKey(h.t.db, h.a.id, "short-lived");
+    expect((await call(strict.url, "POST", "/v1/threads", { key: k.key, json: {} })).status).toBe(201);
+    await revokeApiKey(h.t.db, k.info.id);
+    const res = await call(strict.url, "POST", "/v1/threads", { key: k.key, json: {} });
+    expect(res.status).toBe(401);
+    expect(obj(res.body).code).toBe("unauthorized");
+  });
+});

@@ -1,0 +1,507 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { RunningIngress } from "../../src/ingress/server.js";
+import { revokeApiKey, createApiKey, updateTenantLimits } from "../../src/state/tenants.js";
+import { call, createHarness, obj, rowCounts, type Harness } from "./harness.js";
+
+let h: Harness;
+let api: RunningIngress;
+let threadId: string;
+let runId: string;
+let revokedKey: string;
+let baseline: Record<string, number>;
+
+beforeAll(async () => {
+  h = await createHarness();
+  api = await h.start();
+  const th = await call(api.url, "POST", "/v1/threads", { key: h.a.key, json: {} });
+  threadId = obj(th.body).id as string;
+  const run = await call(api.url, "POST", `/v1/threads/${threadId}/runs`, {
+    key: h.a.key,
+    json: { agent: "echo", input: "hi" },
+  });
+  runId = obj(run.body).id as string;
+  const k = await createApiKey(h.t.db, h.a.id, "to revoke");
+  await revokeApiKey(h.t.db, k.info.id);
+  revokedKey = k.key;
+  baseline = await rowCounts(h.t);
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+interface Case {
+  name: string;
+  method: string;
+  path: () => string;
+  key?: () => string | undefined;
+  json?: unknown;
+  raw?: string | Uint8Array;
+  headers?: Record<string, string>;
+  status: number;
+  code: string;
+  field?: string;
+}
+
+const big = "x".repeat(100_001);
+const many = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, i]));
+const runPath = () => `/v1/threads/${threadId}/runs`;
+
+const cases: Case[] = [
+  {
+    name: "no Authorization header",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}`,
+    key: () => undefined,
+    status: 401,
+    code: "unauthorized",
+  },
+  {
+    name: "not a Bearer header",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}`,
+    key: () => undefined,
+    headers: { authorization: "Basic Zm9vOmJhcg==" },
+    status: 401,
+    code: "unauthorized",
+  },
+  {
+    name: "unknown API key",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}`,
+    key: () => "cap_nope",
+    status: 401,
+    code: "unauthorized",
+  },
+  {
+    name: "revoked API key",
+    method: "POST",
+    path: () => "/v1/threads",
+    key: () => revokedKey,
+    json: {},
+    status: 401,
+    code: "unauthorized",
+  },
+  {
+    name: "malformed JSON",
+    method: "POST",
+    path: () => "/v1/threads",
+    raw: '{"metadata": {',
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: "body",
+  },
+  {
+    name: "JSON with __proto__",
+    method: "POST",
+    path: runPath,
+    raw: '{"agent":"echo","input":"x","__proto__":{"a":1}}',
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: "body",
+  },
+  {
+    name: "body is not an object",
+    method: "POST",
+    path: runPath,
+    json: ["echo"],
+    status: 400,
+    code: "validation_failed",
+    field: "body",
+  },
+  {
+    name: "wrong type: agent",
+    method: "POST",
+    path: runPath,
+    json: { agent: 5, input: "x" },
+    status: 400,
+    code: "validation_failed",
+    field: "agent",
+  },
+  {
+    name: "wrong type: input",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: 42 },
+    status: 400,
+    code: "validation_failed",
+    field: "input",
+  },
+  {
+    name: "missing input",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo" },
+    status: 400,
+    code: "validation_failed",
+    field: "input",
+  },
+  {
+    name: "wrong role",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: { role: "system", content: "x" } },
+    status: 400,
+    code: "validation_failed",
+    field: "input.role",
+  },
+  {
+    name: "bad content part",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: { role: "user", content: [{ type: "image", url: "u" }] } },
+    status: 400,
+    code: "validation_failed",
+    field: "input.content.0.type",
+  },
+  {
+    name: "message too long",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: big },
+    status: 400,
+    code: "validation_failed",
+    field: "input",
+  },
+  {
+    name: "parts too long in total",
+    method: "POST",
+    path: runPath,
+    json: {
+      agent: "echo",
+      input: {
+        role: "user",
+        content: [
+          { type: "text", text: big.slice(1000) },
+          { type: "text", text: big.slice(99_000) },
+        ],
+      },
+    },
+    status: 400,
+    code: "validation_failed",
+    field: "input.content",
+  },
+  {
+    name: "unknown field",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: "x", agnet: "echo" },
+    status: 400,
+    code: "validation_failed",
+    field: "agnet",
+  },
+  {
+    name: "unknown multitask",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: "x", multitask: "queue" },
+    status: 400,
+    code: "validation_failed",
+    field: "multitask",
+  },
+  {
+    name: "metadata: too many keys",
+    method: "POST",
+    path: () => "/v1/threads",
+    json: { metadata: many },
+    status: 400,
+    code: "validation_failed",
+    field: "metadata",
+  },
+  {
+    name: "metadata: too large",
+    method: "POST",
+    path: runPath,
+    json: { agent: "echo", input: "x", metadata: { a: "y".repeat(9_000) } },
+    status: 400,
+    code: "validation_failed",
+    field: "metadata",
+  },
+  {
+    name: "metadata: not an object",
+    method: "POST",
+    path: () => "/v1/threads",
+    json: { metadata: [1] },
+    status: 400,
+    code: "validation_failed",
+    field: "metadata",
+  },
+  {
+    name: "unknown agent",
+    method: "POST",
+    path: runPath,
+    json: { agent: "nobody", input: "x" },
+    status: 422,
+    code: "unknown_agent",
+    field: "agent",
+  },
+  {
+    name: "body over the size limit",
+    method: "POST",
+    path: runPath,
+    raw: JSON.stringify({ agent: "echo", input: "z".repeat(1_100_000) }),
+    headers: { "content-type": "application/json" },
+    status: 413,
+    code: "payload_too_large",
+  },
+  {
+    name: "wrong content type",
+    method: "POST",
+    path: () => "/v1/threads",
+    raw: "metadata=1",
+    headers: { "content-type": "text/plain" },
+    status: 415,
+    code: "unsupported_media_type",
+  },
+  {
+    name: "form content type",
+    method: "POST",
+    path: runPath,
+    raw: "agent=echo",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    status: 415,
+    code: "unsupported_media_type",
+  },
+  {
+    name: "negative limit",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}/messages?limit=-1`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.limit",
+  },
+  {
+    name: "zero limit",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}/messages?limit=0`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.limit",
+  },
+  {
+    name: "oversized limit",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}/messages?limit=201`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.limit",
+  },
+  {
+    name: "non-numeric limit",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}/messages?limit=ten`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.limit",
+  },
+  {
+    name: "negative after",
+    method: "GET",
+    path: () => `/v1/threads/${threadId}/messages?after=-5`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.after",
+  },
+  {
+    name: "wait timeout too long",
+    method: "GET",
+    path: () => `/v1/runs/${runId}/wait?timeout=61`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.timeout",
+  },
+  {
+    name: "invalid Last-Event-ID",
+    method: "GET",
+    path: () => `/v1/runs/${runId}/events`,
+    headers: { "last-event-id": "abc" },
+    status: 400,
+    code: "validation_failed",
+    field: "Last-Event-ID",
+  },
+  {
+    name: "Last-Event-ID with three parts",
+    method: "GET",
+    path: () => `/v1/runs/${runId}/events`,
+    headers: { "last-event-id": "1.2.3" },
+    status: 400,
+    code: "validation_failed",
+    field: "Last-Event-ID",
+  },
+  {
+    name: "negative Last-Event-ID",
+    method: "GET",
+    path: () => `/v1/runs/${runId}/events`,
+    headers: { "last-event-id": "-1" },
+    status: 400,
+    code: "validation_failed",
+    field: "Last-Event-ID",
+  },
+  {
+    name: "invalid ?after=",
+    method: "GET",
+    path: () => `/v1/runs/${runId}/events?after=01`,
+    status: 400,
+    code: "validation_failed",
+    field: "query.after",
+  },
+  {
+    name: "resume: bad decision",
+    method: "POST",
+    path: () => `/v1/runs/${runId}/resume`,
+    json: { decision: "maybe" },
+    status: 400,
+    code: "validation_failed",
+    field: "decision",
+  },
+  {
+    name: "cancel with a body field",
+    method: "POST",
+    path: () => `/v1/runs/${runId}/cancel`,
+    json: { force: true },
+    status: 400,
+    code: "validation_failed",
+    field: "force",
+  },
+  {
+    name: "Idempotency-Key too long",
+    method: "POST",
+    path: () => "/v1/threads",
+    json: {},
+    headers: { "idempotency-key": "k".repeat(256) },
+    status: 400,
+    code: "validation_failed",
+    field: "Idempotency-Key",
+  },
+  {
+    name: "malformed thread id",
+    method: "GET",
+    path: () => "/v1/threads/not-a-uuid",
+    status: 404,
+    code: "not_found",
+  },
+  {
+    name: "malformed run id (SQL-ish)",
+    method: "GET",
+    path: () => "/v1/runs/1'%20OR%20'1'='1",
+    status: 404,
+    code: "not_found",
+  },
+  {
+    name: "unknown thread id",
+    method: "POST",
+    path: () => "/v1/threads/00000000-0000-4000-8000-000000000000/runs",
+    json: { agent: "echo", input: "x" },
+    status: 404,
+    code: "not_found",
+  },
+  { name: "unknown route", method: "GET", path: () => "/v1/nothing/here", status: 404, code: "not_found" },
+  {
+    name: "unknown method",
+    method: "DELETE",
+    path: () => `/v1/threads/${threadId}`,
+    status: 404,
+    code: "not_found",
+  },
+];
+
+describe("bad input: right status, problem code and field; nothing written; the process survives", () => {
+  for (const c of cases) {
+    it(c.name, async () => {
+      const key = c.key ? c.key() : h.a.key;
+      const res = await call(api.url, c.method, c.path(), {
+        ...(key ? { key } : {}),
+        ...(c.json !== undefined ? { json: c.json } : {}),
+        ...(c.raw !== undefined ? { raw: c.raw } : {}),
+        headers: { "x-request-id": `req-${c.name.replace(/[^a-z0-9]/gi, "-")}`.slice(0, 100), ...c.headers },
+      });
+      expect(res.status, res.text).toBe(c.status);
+      expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+      const p = obj(res.body);
+      expect(p).toMatchObject({ status: c.status, code: c.code, type: `urn:capstan:error:${c.code}` });
+      expect(typeof p.title).toBe("string");
+      expect(typeof p.detail).toBe("string");
+      // The caller's request id is honoured, echoed, and quoted in the problem.
+      expect(p.request_id).toBe(res.headers.get("x-request-id"));
+      expect(p.request_id).toMatch(/^req-/);
+      if (c.field) {
+        const fields = (p.fields ?? []) as { field: string; message: string }[];
+        expect(
+          fields.map((f) => f.field),
+          JSON.stringify(p),
+        ).toContain(c.field);
+      }
+      if (c.status === 401) expect(res.headers.get("www-authenticate")).toMatch(/^Bearer/);
+      expect(await rowCounts(h.t)).toEqual(baseline);
+    });
+  }
+
+  it("still serves normally afterwards, and a request id that is not sane is replaced", async () => {
+    const res = await call(api.url, "GET", `/v1/threads/${threadId}`, {
+      key: h.a.key,
+      headers: { "x-request-id": "bad id with spaces" },
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    expect((await call(api.url, "GET", "/healthz")).status).toBe(200);
+    expect(await rowCounts(h.t)).toEqual(baseline);
+  });
+
+  it("conflicts: run_not_waiting and run_not_cancellable are 409; too_many_runs is 429 with Retry-After", async () => {
+    const notWaiting = await call(api.url, "POST", `/v1/runs/${runId}/resume`, {
+      key: h.a.key,
+      json: { decision: "approve" },
+    });
+    expect(notWaiting.status).toBe(409);
+    expect(obj(notWaiting.body)).toMatchObject({ code: "run_not_waiting", status: "queued" });
+
+    const ten = await h.tenant();
+    await updateTenantLimits(h.t.db, ten.id, { maxPending: 1 });
+    const th = await call(api.url, "POST", "/v1/threads", { key: ten.key, json: {} });
+    const tid = obj(th.body).id as string;
+    const first = await call(api.url, "POST", `/v1/threads/${tid}/runs`, {
+      key: ten.key,
+      json: { agent: "echo", input: "1" },
+    });
+    expect(first.status).toBe(202);
+    const second = await call(api.url, "POST", `/v1/threads/${tid}/runs`, {
+      key: ten.key,
+      json: { agent: "echo", input: "2" },
+    });
+    expect(second.status).toBe(429);
+    expect(obj(second.body)).toMatchObject({ code: "too_many_runs", limit: 1 });
+    expect(Number(second.headers.get("retry-after"))).toBeGreaterThan(0);
+
+    const firstId = obj(first.body).id as string;
+    expect((await call(api.url, "POST", `/v1/runs/${firstId}/cancel`, { key: ten.key })).status).toBe(200);
+    // Cancelling again is a no-op; a finished run is not cancellable.
+    expect((await call(api.url, "POST", `/v1/runs/${firstId}/cancel`, { key: ten.key })).status).toBe(200);
+    await h.t.db.query("UPDATE runs SET status = 'succeeded' WHERE id = $1", [firstId]);
+    const done = await call(api.url, "POST", `/v1/runs/${firstId}/cancel`, { key: ten.key });
+    expect(done.status).toBe(409);
+    expect(obj(done.body)).toMatchObject({ code: "run_not_cancellable", status: "succeeded" });
+  });
+
+  it("database down: 503 database_unavailable with Retry-After, and the process keeps running", async () => {
+    const { createPgDb } = await import("../../src/state/db.js");
+    const { silentLogger } = await import("../../src/logger.js");
+    const deadDb = createPgDb({
+      url: "postgres://postgres@127.0.0.1:1/none",
+      poolSize: 1,
+      logger: silentLogger(),
+    });
+    const down = await h.start({ db: deadDb });
+    try {
+      const res = await call(down.url, "GET", `/v1/threads/${threadId}`, { key: h.a.key });
+      expect(res.status).toBe(503);
+      expect(obj(res.body)).toMatchObject({ code: "database_unavailable" });
+      expect(res.headers.get("retry-after")).toBe("1");
+      expect((await call(down.url, "GET", "/readyz")).status).toBe(503);
+      expect((await call(down.url, "GET", "/healthz")).status).toBe(200);
+    } finally {
+      await down.close();
+      await deadDb.close();
+    }
+  });
+});

@@ -1,12 +1,20 @@
 #!/usr/bin/env node
 import { pathToFileURL } from "node:url";
 import { Command, CommanderError, Option } from "commander";
-import { isCapstanError } from "../errors.js";
+import { CapstanError, isCapstanError } from "../errors.js";
+import { findRunForOperator, listRunsForOperator } from "../state/admin.js";
+import { cancelRun } from "../state/scheduler.js";
+import type { RunStatus } from "../state/types.js";
 import { migrate, schemaStatus } from "../state/migrate.js";
 import { createApiKey, ensureTenant, listApiKeys, revokeApiKey } from "../state/tenants.js";
 import { createWorker } from "../worker/worker.js";
-import { openRuntime, type Role, type Runtime } from "./runtime.js";
+import { openRuntime, type Role, type Runtime, type RuntimeOptions } from "./runtime.js";
 import type { SettingsInput } from "../config/config.js";
+import { chooseDemoModel, demoConfig } from "../agent/demo.js";
+import { modelLabel } from "../agent/models.js";
+import { startIngress } from "../ingress/server.js";
+import { devApiKey, devBanner } from "./dev.js";
+import { resolve } from "node:path";
 
 /**
  * `capstan`: one binary for every role. Exit codes: 0 success, 1 runtime
@@ -21,7 +29,10 @@ const out = (s: string) => process.stdout.write(s + "\n");
 
 async function withRuntime<T>(
   role: Role,
-  opts: CommonOpts & { flags?: SettingsInput; migrate?: boolean; coordination?: boolean },
+  opts: CommonOpts & { flags?: SettingsInput; migrate?: boolean; coordination?: boolean } & Pick<
+      RuntimeOptions,
+      "fallbackConfig"
+    >,
   fn: (rt: Runtime) => Promise<T>,
 ): Promise<T> {
   const rt = await openRuntime({
@@ -32,6 +43,7 @@ async function withRuntime<T>(
     ...(opts.flags ? { flags: opts.flags } : {}),
     ...(opts.migrate !== undefined ? { migrate: opts.migrate } : {}),
     ...(opts.coordination !== undefined ? { coordination: opts.coordination } : {}),
+    ...(opts.fallbackConfig ? { fallbackConfig: opts.fallbackConfig } : {}),
   });
   try {
     return await fn(rt);
@@ -106,6 +118,101 @@ export function buildCli(): Command {
     });
 
   program
+    .command("ingress")
+    .description(
+      "serve the HTTP API and SSE streams (needs DATABASE_URL; REDIS_URL to share limits and streams)",
+    )
+    .option("--port <n>", "listen port (env PORT)", int("--port"))
+    .option("--host <host>", "listen address (env HOST)")
+    .option("--no-migrate", "do not apply pending migrations at start")
+    .action(async (o: { port?: number; host?: string; migrate: boolean }) => {
+      const flags: SettingsInput = {
+        http: { ...(o.port !== undefined ? { port: o.port } : {}), ...(o.host ? { host: o.host } : {}) },
+      };
+      await withRuntime(
+        "ingress",
+        { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
+        async (rt) => {
+          const server = await startIngress({
+            db: rt.db,
+            coord: rt.coord!,
+            settings: rt.settings,
+            logger: rt.logger,
+            agentNames: () => [...rt.agents.keys()],
+            host: rt.settings.http.host,
+            port: rt.settings.http.port,
+          });
+          rt.logger.info({ url: server.url }, "ingress listening");
+          const sig = await untilSignal();
+          rt.logger.info({ signal: sig }, "stopping ingress");
+          await server.close();
+        },
+      );
+    });
+
+  program
+    .command("dev")
+    .description("run ingress and worker in one process on embedded PostgreSQL (PGlite) under .capstan/")
+    .option("--port <n>", "listen port (env PORT)", int("--port"))
+    .option("--data-dir <dir>", "where embedded data lives (env CAPSTAN_DATA_DIR)")
+    .action(async (o: { port?: number; dataDir?: string }) => {
+      const choice = chooseDemoModel({
+        ...(process.env.OPENAI_API_KEY ? { openaiApiKey: process.env.OPENAI_API_KEY } : {}),
+        ...(process.env.CAPSTAN_COMPATIBLE_BASE_URL
+          ? { compatibleBaseUrl: process.env.CAPSTAN_COMPATIBLE_BASE_URL }
+          : {}),
+        ...(process.env.CAPSTAN_COMPATIBLE_MODEL
+          ? { compatibleModel: process.env.CAPSTAN_COMPATIBLE_MODEL }
+          : {}),
+      });
+      const flags: SettingsInput = {
+        ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+        ...(o.port !== undefined ? { http: { port: o.port } } : {}),
+        worker: { leaseMs: 15_000, pollMs: 1_000, shutdownGraceMs: 2_000 },
+      };
+      await withRuntime(
+        "dev",
+        { ...program.opts<CommonOpts>(), flags, fallbackConfig: () => demoConfig(choice) },
+        async (rt) => {
+          const worker = createWorker({
+            db: rt.db,
+            coord: rt.coord!,
+            agents: rt.agents,
+            settings: rt.settings,
+            logger: rt.logger,
+          });
+          await worker.start();
+          const server = await startIngress({
+            db: rt.db,
+            coord: rt.coord!,
+            settings: rt.settings,
+            logger: rt.logger,
+            agentNames: () => [...rt.agents.keys()],
+            host: rt.settings.http.host,
+            port: rt.settings.http.port,
+          });
+          const dataDir = resolve(process.cwd(), rt.settings.dataDir);
+          const key = await devApiKey(rt.db, dataDir);
+          const [first] = rt.agents.values();
+          const model = rt.config?.agents.find((a) => a.name === first?.def.name)?.model;
+          out(
+            devBanner({
+              url: server.url,
+              key,
+              agent: first?.def.name ?? "(none)",
+              model: first?.def.name === "demo" ? choice.description : model ? modelLabel(model) : "(none)",
+              dataDir,
+            }),
+          );
+          const sig = await untilSignal();
+          rt.logger.info({ signal: sig }, "stopping");
+          await server.close();
+          await worker.stop();
+        },
+      );
+    });
+
+  program
     .command("migrate")
     .description("apply pending database migrations (safe to run concurrently)")
     .action(async () => {
@@ -161,6 +268,60 @@ export function buildCli(): Command {
       });
     });
 
+  const runs = program.command("runs").description("inspect and cancel runs (operator view, all tenants)");
+  runs
+    .command("list")
+    .description("list recent runs, newest first")
+    .addOption(
+      new Option("--status <status>", "only this status").choices([
+        "queued",
+        "running",
+        "waiting",
+        "succeeded",
+        "failed",
+        "cancelled",
+      ]),
+    )
+    .option("--tenant <name>", "only this tenant")
+    .option("--limit <n>", "at most this many (1-1000)", int("--limit"), 50)
+    .action(async (o: { status?: RunStatus; tenant?: string; limit: number }) => {
+      if (o.limit < 1 || o.limit > 1000)
+        throw new CommanderError(2, "capstan.invalidArgument", "--limit must be between 1 and 1000");
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const list = await listRunsForOperator(rt.db, {
+          limit: o.limit,
+          ...(o.status ? { status: o.status } : {}),
+          ...(o.tenant ? { tenantName: o.tenant } : {}),
+        });
+        for (const r of list) {
+          out(
+            `${r.id}  ${r.status.padEnd(9)}  ${r.agent}  ${r.tenantName}  attempts=${r.attempts}  ${r.createdAt.toISOString()}`,
+          );
+        }
+      });
+    });
+  runs
+    .command("get <runId>")
+    .description("show one run as JSON")
+    .action(async (runId: string) => {
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const r = await findRunForOperator(rt.db, runId);
+        if (!r) throw new CapstanError("not_found", `run ${runId} not found`);
+        out(JSON.stringify(r, null, 2));
+      });
+    });
+  runs
+    .command("cancel <runId>")
+    .description("cancel a queued, running or waiting run")
+    .action(async (runId: string) => {
+      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+        const r = await findRunForOperator(rt.db, runId);
+        if (!r) throw new CapstanError("not_found", `run ${runId} not found`);
+        const { run } = await cancelRun(rt.db, r.tenantId, r.id);
+        out(`${run.id} ${run.status}`);
+      });
+    });
+
   return program;
 }
 
@@ -173,7 +334,9 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (isCapstanError(err)) {
       process.stderr.write(`capstan: ${err.message}\n`);
-      return err.code === "config_invalid" || err.code === "validation_failed" ? 2 : 1;
+      return err.code === "config_invalid" || err.code === "validation_failed" || err.code === "not_found"
+        ? 2
+        : 1;
     }
     process.stderr.write(`capstan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     return 1;

@@ -24,6 +24,8 @@ export interface RuntimeOptions {
   migrate?: boolean;
   /** Open the coordination backend (not needed by admin commands). */
   coordination?: boolean;
+  /** The config to use when no config file exists (`capstan dev`: the demo agent). */
+  fallbackConfig?: () => CapstanConfig;
 }
 
 /** Everything a process role needs, opened once from resolved configuration. */
@@ -75,7 +77,7 @@ export function loadAgents(
 }
 
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
-  const config = await loadConfigFile(opts.configPath, opts.cwd);
+  const config = (await loadConfigFile(opts.configPath, opts.cwd)) ?? opts.fallbackConfig?.() ?? null;
   const settings = resolveSettings({
     file: config?.server,
     env: opts.env,

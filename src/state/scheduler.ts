@@ -181,10 +181,12 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
 /** Mark a run as its thread's head: append its input to the history and wake claimers. */
 async function becomeHeadTx(q: Queryable, run: Run): Promise<Run> {
   const [seq] = await appendMessages(q, run.threadId, run.id, [{ role: "user", content: run.input.content }]);
-  const r = await q.query("UPDATE runs SET ready = true, input_seq = $2 WHERE id = $1 RETURNING *", [
-    run.id,
-    seq,
-  ]);
+  // queued_at restarts here: pickup latency and queue age count time as the
+  // thread's head, not time spent behind an earlier run of the same thread.
+  const r = await q.query(
+    "UPDATE runs SET ready = true, input_seq = $2, queued_at = now() WHERE id = $1 RETURNING *",
+    [run.id, seq],
+  );
   await q.query("SELECT pg_notify($1, '')", [CHANNELS.runs]);
   return toRun(r.rows[0]!);
 }

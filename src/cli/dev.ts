@@ -45,7 +45,7 @@ export function devBanner(opts: {
     `export CAPSTAN_URL=${opts.url} CAPSTAN_KEY=${opts.key}`,
     `T=$(curl -s -X POST $CAPSTAN_URL/v1/threads ${h} -d '{}' | ${id})`,
     `R=$(curl -s -X POST $CAPSTAN_URL/v1/threads/$T/runs ${h} -d '{"agent":"${opts.agent}","input":"lookup_order {\\"orderId\\": \\"A100\\"}"}' | ${id})`,
-    `curl -N $CAPSTAN_URL/v1/runs/$R/events -H "authorization: Bearer $CAPSTAN_KEY"`,
+    `curl -sN $CAPSTAN_URL/v1/runs/$R/events -H "authorization: Bearer $CAPSTAN_KEY"`,
     `curl -s "$CAPSTAN_URL/v1/threads/$T/messages" -H "authorization: Bearer $CAPSTAN_KEY"`,
     ``,
   ].join("\n");

@@ -7,12 +7,12 @@ import { cancelRun } from "../state/scheduler.js";
 import type { RunStatus } from "../state/types.js";
 import { migrate, schemaStatus } from "../state/migrate.js";
 import { createApiKey, ensureTenant, listApiKeys, revokeApiKey } from "../state/tenants.js";
-import { createWorker } from "../worker/worker.js";
 import { openRuntime, type Role, type Runtime, type RuntimeOptions } from "./runtime.js";
 import type { SettingsInput } from "../config/config.js";
 import { chooseDemoModel, demoConfig } from "../agent/demo.js";
 import { modelLabel } from "../agent/models.js";
-import { startIngress } from "../ingress/server.js";
+import { processMetrics, startIngressRole, startWorkerRole } from "./roles.js";
+import { readStatus, renderStatus } from "./status.js";
 import { devApiKey, devBanner } from "./dev.js";
 import { resolve } from "node:path";
 
@@ -102,17 +102,10 @@ export function buildCli(): Command {
         async (rt) => {
           if (rt.agents.size === 0)
             rt.logger.warn("no agents loaded: add a capstan.config.ts (runs will fail with unknown_agent)");
-          const worker = createWorker({
-            db: rt.db,
-            coord: rt.coord!,
-            agents: rt.agents,
-            settings: rt.settings,
-            logger: rt.logger,
-          });
-          await worker.start();
+          const role = await startWorkerRole(rt, processMetrics(rt, "worker"), { opsServer: true });
           const sig = await untilSignal();
           rt.logger.info({ signal: sig }, "stopping worker");
-          await worker.stop();
+          await role.stop();
         },
       );
     });
@@ -133,15 +126,7 @@ export function buildCli(): Command {
         "ingress",
         { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
         async (rt) => {
-          const server = await startIngress({
-            db: rt.db,
-            coord: rt.coord!,
-            settings: rt.settings,
-            logger: rt.logger,
-            agentNames: () => [...rt.agents.keys()],
-            host: rt.settings.http.host,
-            port: rt.settings.http.port,
-          });
+          const server = await startIngressRole(rt, processMetrics(rt, "ingress"));
           rt.logger.info({ url: server.url }, "ingress listening");
           const sig = await untilSignal();
           rt.logger.info({ signal: sig }, "stopping ingress");
@@ -174,23 +159,9 @@ export function buildCli(): Command {
         "dev",
         { ...program.opts<CommonOpts>(), flags, fallbackConfig: () => demoConfig(choice) },
         async (rt) => {
-          const worker = createWorker({
-            db: rt.db,
-            coord: rt.coord!,
-            agents: rt.agents,
-            settings: rt.settings,
-            logger: rt.logger,
-          });
-          await worker.start();
-          const server = await startIngress({
-            db: rt.db,
-            coord: rt.coord!,
-            settings: rt.settings,
-            logger: rt.logger,
-            agentNames: () => [...rt.agents.keys()],
-            host: rt.settings.http.host,
-            port: rt.settings.http.port,
-          });
+          const metrics = processMetrics(rt, "dev");
+          const worker = await startWorkerRole(rt, metrics, { opsServer: false });
+          const server = await startIngressRole(rt, metrics);
           const dataDir = resolve(process.cwd(), rt.settings.dataDir);
           const key = await devApiKey(rt.db, dataDir);
           const [first] = rt.agents.values();
@@ -321,6 +292,41 @@ export function buildCli(): Command {
         out(`${run.id} ${run.status}`);
       });
     });
+
+  program
+    .command("status")
+    .description(
+      "queue depth, oldest age, in-flight, throughput, and the worker count the scaling rule asks for",
+    )
+    .option(
+      "--target-per-worker <n>",
+      "in-flight runs per worker the rule aims for (default 80% of concurrency)",
+      int("--target-per-worker"),
+    )
+    .option("--min-workers <n>", "warm pool", int("--min-workers"), 2)
+    .option("--max-workers <n>", "ceiling", int("--max-workers"), 10)
+    .option("--json", "machine-readable output")
+    .action(
+      async (o: { targetPerWorker?: number; minWorkers: number; maxWorkers: number; json?: boolean }) => {
+        await withRuntime(
+          "admin",
+          { ...program.opts<CommonOpts>(), migrate: false, coordination: false },
+          async (rt) => {
+            const rule = {
+              targetInFlightPerWorker:
+                o.targetPerWorker ?? Math.max(1, Math.floor(0.8 * rt.settings.worker.concurrency)),
+              minWorkers: o.minWorkers,
+              maxWorkers: o.maxWorkers,
+            };
+            out(
+              o.json
+                ? JSON.stringify(await readStatus(rt.db, rule), null, 2)
+                : await renderStatus(rt.db, rule),
+            );
+          },
+        );
+      },
+    );
 
   return program;
 }

@@ -27,17 +27,21 @@ export const settingsSchema = z
         /** Redis URL. Absent: in-process coordination (dev only). */
         url: z.string().optional(),
         keyPrefix: z.string().default("capstan:"),
+        /** When Redis fails: let rate-limited requests through ("open") or refuse them ("closed", 503). */
+        failurePolicy: z.enum(["open", "closed"]).default("open"),
       })
       .strict()
-      .default({ keyPrefix: "capstan:" }),
+      .default({ keyPrefix: "capstan:", failurePolicy: "open" }),
     http: z
       .object({
         host: z.string().default("127.0.0.1"),
         port: nonNegInt.max(65535).default(7070),
         bodyLimitBytes: posInt.default(1_048_576),
+        /** Requests per API key per minute, shared by all ingress replicas (0 disables). */
+        rateLimitPerMinute: nonNegInt.default(600),
       })
       .strict()
-      .default({ host: "127.0.0.1", port: 7070, bodyLimitBytes: 1_048_576 }),
+      .default({ host: "127.0.0.1", port: 7070, bodyLimitBytes: 1_048_576, rateLimitPerMinute: 600 }),
     worker: z
       .object({
         /** Stable id in logs and leases; default host:pid:random. */
@@ -54,9 +58,18 @@ export const settingsSchema = z
         maxAttempts: posInt.default(3),
         /** SIGTERM: how long in-flight steps may finish before leases are released. */
         shutdownGraceMs: nonNegInt.default(10_000),
+        /** Port of the worker's /healthz, /readyz and /metrics (0: any free port). */
+        opsPort: nonNegInt.max(65535).default(7071),
       })
       .strict()
-      .default({ concurrency: 50, leaseMs: 30_000, pollMs: 2_000, maxAttempts: 3, shutdownGraceMs: 10_000 }),
+      .default({
+        concurrency: 50,
+        leaseMs: 30_000,
+        pollMs: 2_000,
+        maxAttempts: 3,
+        shutdownGraceMs: 10_000,
+        opsPort: 7071,
+      }),
     retention: z
       .object({
         /** Finished runs (with journal and events) older than this are pruned. */
@@ -96,6 +109,9 @@ const ENV: Record<string, { path: string[]; kind: "string" | "int" }> = {
   CAPSTAN_DATA_DIR: { path: ["dataDir"], kind: "string" },
   REDIS_URL: { path: ["redis", "url"], kind: "string" },
   CAPSTAN_REDIS_PREFIX: { path: ["redis", "keyPrefix"], kind: "string" },
+  CAPSTAN_REDIS_FAILURE_POLICY: { path: ["redis", "failurePolicy"], kind: "string" },
+  CAPSTAN_RATE_LIMIT_PER_MINUTE: { path: ["http", "rateLimitPerMinute"], kind: "int" },
+  CAPSTAN_OPS_PORT: { path: ["worker", "opsPort"], kind: "int" },
   HOST: { path: ["http", "host"], kind: "string" },
   PORT: { path: ["http", "port"], kind: "int" },
   CAPSTAN_WORKER_ID: { path: ["worker", "id"], kind: "string" },

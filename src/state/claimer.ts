@@ -21,6 +21,8 @@ export interface ClaimerOptions {
   onWake?: (reason: "notify" | "poll" | "poke") => void;
   /** Called each time the loop goes to sleep with nothing to claim. */
   onSleep?: () => void;
+  /** After each expired-lease sweep, with what it did. */
+  onReclaim?: (result: { requeued: number; failed: number }) => void;
 }
 
 export interface Claimer {
@@ -74,6 +76,7 @@ export function createClaimer(opts: ClaimerOptions): Claimer {
         if (Date.now() - lastReclaim >= reclaimEvery) {
           lastReclaim = Date.now();
           const r = await reclaimExpired(opts.db);
+          opts.onReclaim?.({ requeued: r.requeued.length, failed: r.failed.length });
           if (r.requeued.length || r.failed.length) opts.logger.info(r, "reclaimed expired leases");
         }
         while (running && opts.capacity() > 0) {

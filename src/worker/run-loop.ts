@@ -11,6 +11,8 @@ import { assistantMessage, historyToModelMessages, toolMessage, type LlmResponse
 import { callModel, ModelError, type RetryPolicy } from "./model-call.js";
 import type { RunPublisher } from "./publisher.js";
 import { runToolStep, type ToolStepResult } from "./tool-step.js";
+import { modelLabel } from "../agent/models.js";
+import type { WorkerMetricsHooks } from "../observability/worker-hooks.js";
 
 export interface LoadedAgent {
   def: AgentDefinition;
@@ -33,6 +35,7 @@ export interface RunContext {
   retry?: RetryPolicy;
   /** How often streamed text is flushed to the event stream as one delta. */
   deltaFlushMs: number;
+  hooks: Partial<WorkerMetricsHooks>;
 }
 
 export type RunOutcome = "succeeded" | "failed" | "waiting" | "released" | "aborted";
@@ -153,6 +156,7 @@ async function handOff(ctx: RunContext): Promise<RunOutcome> {
 }
 
 async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome> {
+  if (err instanceof LeaseLostError) ctx.hooks.onFencedWrite?.();
   if (err instanceof LeaseLostError || ctx.signal.aborted) {
     ctx.logger.info({ reason: describe(ctx.signal.reason ?? err) }, "run aborted locally");
     return "aborted";
@@ -234,6 +238,7 @@ async function llmStep(
       },
       onRetry: (info) => {
         flush();
+        ctx.hooks.onModelRetry?.({ status: info.status });
         ctx.logger.warn({ stepNo, ...info }, "model call failed; retrying");
         void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
       },
@@ -275,6 +280,13 @@ async function llmStep(
         events,
       ),
     );
+    ctx.hooks.onStep?.({
+      agent: run.agent,
+      kind: "llm",
+      ms: Date.now() - startedAt.getTime(),
+      model: modelLabel(agent.def.model),
+      usage,
+    });
     return { ...response, usage };
   } catch (err) {
     if (timeout.aborted && !ctx.signal.aborted) {

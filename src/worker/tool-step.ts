@@ -113,6 +113,7 @@ async function execute(
   };
   await publisher.coarse(await recordToolIntent(db, run.lease, step, [startEvent]));
 
+  const startedAt = Date.now();
   const timeout = AbortSignal.timeout(def.timeoutMs);
   const signal = AbortSignal.any([ctx.signal, timeout]);
   let outcome: ToolOutcome;
@@ -147,6 +148,7 @@ async function execute(
       completedEvents(run.id, step, outcome),
     ),
   );
+  ctx.hooks.onStep?.({ agent: run.agent, kind: "tool", ms: Date.now() - startedAt });
   return { kind: "done", outcome };
 }
 

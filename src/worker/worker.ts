@@ -12,6 +12,7 @@ import type { ClaimedRun } from "../state/types.js";
 import type { RetryPolicy } from "./model-call.js";
 import { RunPublisher } from "./publisher.js";
 import { executeRun, type LoadedAgent, type RunOutcome } from "./run-loop.js";
+import type { WorkerMetricsHooks } from "../observability/worker-hooks.js";
 
 export interface WorkerDeps {
   db: Db;
@@ -20,11 +21,8 @@ export interface WorkerDeps {
   settings: Settings;
   logger: Logger;
   retry?: RetryPolicy;
-  /** Observability hooks (metrics). */
-  hooks?: {
-    onClaim?: (run: ClaimedRun) => void;
-    onRunEnd?: (run: ClaimedRun, outcome: RunOutcome, ms: number) => void;
-  };
+  /** Observability hooks (metrics); each must be cheap and never throw. */
+  hooks?: Partial<WorkerMetricsHooks>;
 }
 
 export interface Worker {
@@ -93,6 +91,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           logger: runLogger,
           workerId: id,
           deltaFlushMs: 25,
+          hooks: deps.hooks ?? {},
           ...(deps.retry ? { retry: deps.retry } : {}),
         });
         await publisher.drain();
@@ -143,6 +142,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         capacity: () => (draining ? 0 : settings.worker.concurrency - active.size),
         onClaim: startRun,
         logger,
+        ...(deps.hooks?.onLeaseReclaim ? { onReclaim: deps.hooks.onLeaseReclaim } : {}),
       });
       await claimer.start();
       const hb = heartbeatMs(settings);

@@ -128,9 +128,15 @@ describe("metrics scenario", () => {
     expect(value(s, "capstan_runs_running", { agent: "echo" })).toBeUndefined();
     expect(value(s, "capstan_db_pool_connections")).toBeGreaterThan(0);
     expect((await fetch(ops.url + "/readyz")).status).toBe(200);
-  });
 
-  // Needs the worker to call the `onStep` hook (src/worker/run-loop.ts llmStep
-  // and tool steps); until then the step histograms and token counters stay at zero.
-  it.todo("counts one llm step per run in capstan_step_duration_seconds and the scripted tokens per model");
+    // One LLM step per echo run, and the token counters match the journal.
+    expect(value(s, "capstan_step_duration_seconds_count", { kind: "llm", agent: "echo" })).toBe(6);
+    expect(value(s, "capstan_step_duration_seconds_count", { kind: "tool", agent: "echo" })).toBeUndefined();
+    const used = await t.db.query<{ i: number; o: number }>(
+      "SELECT sum(input_tokens)::int AS i, sum(output_tokens)::int AS o FROM steps",
+    );
+    expect(used.rows[0]!.i).toBeGreaterThan(0);
+    expect(value(s, "capstan_llm_input_tokens_total", { model: "scripted:echo" })).toBe(used.rows[0]!.i);
+    expect(value(s, "capstan_llm_output_tokens_total", { model: "scripted:echo" })).toBe(used.rows[0]!.o);
+  });
 });

@@ -207,7 +207,10 @@ export interface PgliteDbOptions {
 export async function createPgliteDb(opts: PgliteDbOptions): Promise<Db> {
   const { PGlite } = await import("@electric-sql/pglite");
   const { createPgConfig } = await import("@electric-sql/pglite/node-postgres");
-  const lite = await PGlite.create(opts.dataDir);
+  // pgvector ships as a separate package for PGlite 0.5: load it so the
+  // memory store gets HNSW search in embedded mode too.
+  const { vector } = await import("@electric-sql/pglite-pgvector");
+  const lite = await PGlite.create(opts.dataDir, { extensions: { vector } });
   const pool = new pg.Pool({ ...createPgConfig(lite), max: 1, types });
   pool.on("error", (err) => opts.logger.warn({ err }, "pglite pool error"));
   return {

@@ -14,6 +14,7 @@ export type ErrorCode =
   | "idempotency_key_reused"
   | "too_many_runs"
   | "rate_limited"
+  | "budget_exceeded"
   | "lease_lost"
   | "journal_conflict"
   | "schema_too_new"

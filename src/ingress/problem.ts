@@ -19,6 +19,10 @@ interface CodeInfo {
 export const CODES: Record<ErrorCode, CodeInfo> = {
   validation_failed: { status: 400, title: "Invalid request" },
   unauthorized: { status: 401, title: "Unauthorized" },
+  // 402, not 429: a spent budget does not come back by retrying soon (clients and SDKs
+  // auto-retry 429 with backoff, which would hammer until the period resets); it needs a
+  // budget change or the next period (`resets_at`). Money, hence "Payment Required".
+  budget_exceeded: { status: 402, title: "Budget exceeded" },
   forbidden: { status: 403, title: "Forbidden" },
   not_found: { status: 404, title: "Not found" },
   thread_busy: { status: 409, title: "Thread busy" },
@@ -46,6 +50,7 @@ const PUBLIC_DETAILS: Partial<Record<ErrorCode, readonly string[]>> = {
   run_not_cancellable: ["status"],
   run_not_waiting: ["status"],
   too_many_runs: ["limit"],
+  budget_exceeded: ["period", "budget", "used", "resetsAt"],
 };
 
 const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());

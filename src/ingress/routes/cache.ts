@@ -1,0 +1,45 @@
+import type { FastifyInstance } from "fastify";
+import { z } from "zod";
+import { createToolCache, type ToolCache } from "../../cost/cache.js";
+import { CACHE_LIMITS, tagProblem } from "../../cost/cache-config.js";
+import { principalOf, type IngressContext } from "../context.js";
+import { parseOr400 } from "../validate.js";
+
+const tag = z.string().superRefine((t, c) => {
+  const problem = tagProblem(t);
+  if (problem) c.addIssue({ code: "custom", message: problem });
+});
+
+export const invalidateBody = z.strictObject({
+  tags: z
+    .array(tag)
+    .min(1)
+    .max(CACHE_LIMITS.maxInvalidateTags)
+    .meta({ description: "Cache tags of pure tools to invalidate for the caller's tenant." }),
+});
+
+export interface CacheRouteOptions {
+  /** Default: a tool cache on `ctx.coord.cache` (the same one workers use). */
+  toolCache?: ToolCache;
+}
+
+/**
+ * `POST /cache/invalidate {tags}`: every cached pure-tool result of the
+ * caller's tenant carrying one of the tags is a miss from now on (other
+ * tenants are unaffected). Naturally idempotent: repeating it only costs
+ * misses. 503 `redis_unavailable` when it could not be recorded: retry.
+ */
+export function cacheRoutes(
+  app: FastifyInstance,
+  ctx: Pick<IngressContext, "coord" | "logger">,
+  opts: CacheRouteOptions = {},
+): void {
+  const cache = opts.toolCache ?? createToolCache({ cache: ctx.coord.cache, logger: ctx.logger });
+
+  app.post("/cache/invalidate", async (req) => {
+    const { tenantId } = principalOf(req);
+    const body = parseOr400(invalidateBody, req.body ?? {}, "body");
+    const invalidated = await cache.invalidate(tenantId, body.tags);
+    return { invalidated };
+  });
+}

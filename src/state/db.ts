@@ -44,9 +44,30 @@ export interface Db extends Queryable {
   close(): Promise<void>;
 }
 
+/**
+ * Run `fn` in a transaction. A deadlock or serialization failure rolls the
+ * whole transaction back, so it is retried (a few times, with jitter) rather
+ * than surfaced: transaction bodies here touch only the database.
+ */
 async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await runTxOnce(pool, fn);
+    } catch (err) {
+      const code = (err as { code?: unknown } | null)?.code;
+      if (attempt >= 4 || (code !== "40P01" && code !== "40001")) throw err;
+      await new Promise((r) => setTimeout(r, Math.random() * 20 * attempt));
+    }
+  }
+}
+
+async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   let broken: unknown;
+  // A checked-out client has no error listener of the pool's: without this one,
+  // a server restart mid-transaction emits an unhandled 'error' and kills the process.
+  const onError = (err: Error) => (broken = err);
+  client.on("error", onError);
   try {
     await client.query("BEGIN");
     const out = await fn(client);
@@ -61,6 +82,7 @@ async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promis
     throw err;
   } finally {
     // A connection whose rollback failed is in an unknown state: destroy it.
+    client.off("error", onError);
     client.release(broken instanceof Error ? broken : undefined);
   }
 }

@@ -119,7 +119,7 @@ export async function appendMessages(
 /** Take the thread row lock; returns false when the thread does not exist for the tenant. */
 export async function lockThread(q: Queryable, threadId: string, tenantId?: string): Promise<boolean> {
   const r = await q.query(
-    `SELECT 1 FROM threads WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE`,
+    `SELECT 1 FROM threads WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR NO KEY UPDATE`,
     [threadId, tenantId ?? null],
   );
   return r.rows.length > 0;

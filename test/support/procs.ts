@@ -15,7 +15,14 @@ export interface Proc {
 export function spawnCapstan(args: string[], env: Record<string, string | undefined>): Proc {
   const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, CAPSTAN_LOG_LEVEL: "warn", ...env },
+    // Ops port 0: many workers run at once in tests; each binds a free port.
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      CAPSTAN_LOG_LEVEL: "warn",
+      CAPSTAN_OPS_PORT: "0",
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";

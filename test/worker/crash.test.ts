@@ -169,9 +169,11 @@ describe("worker crashes (real processes)", () => {
     const run = await start('charge {"amount": 9}');
     await held.arrived;
     a.kill("SIGSTOP");
-    worker();
+    const b = worker({ CAPSTAN_LOG_LEVEL: "info" });
     // B reclaims after the lease and finishes; A's held call is still open.
-    const done = await settled(run.id);
+    const done = await settled(run.id).catch((e: unknown) => {
+      throw new Error(`${String(e)}\n--- B:\n${b.output().slice(-4000)}`);
+    });
     expect(done.status).toBe("succeeded");
     const eventsBefore = await listEvents(t.db, run.id, 0, 1000);
     const historyBefore = await readHistory(t.db, run.threadId);

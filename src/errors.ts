@@ -25,6 +25,7 @@ export type ErrorCode =
   | "payload_too_large"
   | "unsupported_media_type"
   | "server_busy"
+  | "not_implemented"
   | "internal";
 
 export interface FieldIssue {

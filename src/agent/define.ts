@@ -11,9 +11,18 @@ import { createHash } from "node:crypto";
 import { z } from "zod";
 import { CapstanError } from "../errors.js";
 import { isLanguageModelInstance, modelLabel, parseModelSpec } from "./models.js";
+import { costModelSettings } from "../cost/config.js";
+import {
+  normalizeAgentCache,
+  normalizeToolCache,
+  type AgentCacheOptions,
+  type ToolCacheConfig,
+} from "../cost/cache-config.js";
 import type {
   AgentDefinition,
   AgentLimits,
+  AgentMemoryConfig,
+  MemoryNamespace,
   CapstanConfig,
   Effect,
   ModelProviderSettings,
@@ -48,6 +57,8 @@ export interface ToolOptions<I extends ZodObjectSchema, O> {
   requiresApproval?: boolean;
   /** Default 60000. */
   timeoutMs?: number;
+  /** Result cache with TTL and tags; `pure` tools only. */
+  cache?: ToolCacheConfig<z.infer<I>>;
   run: (args: z.infer<I>, ctx: ToolContext) => Promise<O> | O;
 }
 
@@ -62,6 +73,10 @@ export interface AgentOptions {
   limits?: Partial<AgentLimits>;
   temperature?: number;
   maxOutputTokens?: number;
+  /** Opt-in LLM response cache: needs `temperature: 0`. */
+  cache?: AgentCacheOptions;
+  memory?: AgentMemoryConfig;
+  context?: { maxTokens: number };
 }
 
 /** What users pass to `defineConfig()`. */
@@ -128,7 +143,7 @@ function positiveInt(where: string, field: string, v: unknown): number {
 export function normalizeTool(raw: unknown, where: string): ToolDefinition {
   if (!isRecord(raw))
     fail(where, "", `a tool must be an object made with tool({...}) (got ${describe(raw)})`);
-  const { description, input, effect, requiresApproval, timeoutMs, run } = raw;
+  const { description, input, effect, requiresApproval, timeoutMs, run, cache } = raw;
   if (typeof description !== "string" || description.trim() === "") {
     fail(
       where,
@@ -165,6 +180,8 @@ export function normalizeTool(raw: unknown, where: string): ToolDefinition {
     timeoutMs: timeoutMs === undefined ? DEFAULT_TOOL_TIMEOUT_MS : positiveInt(where, "timeoutMs", timeoutMs),
     run: run as ToolDefinition["run"],
   };
+  const c = normalizeToolCache(cache, effect, where);
+  if (c) out.cache = c;
   return out;
 }
 
@@ -172,7 +189,8 @@ export function normalizeTool(raw: unknown, where: string): ToolDefinition {
 export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   if (!isRecord(raw))
     fail(where, "", `an agent must be an object made with defineAgent({...}) (got ${describe(raw)})`);
-  const { name, model, instructions, tools, limits, temperature, maxOutputTokens } = raw;
+  const { name, model, instructions, tools, limits, temperature, maxOutputTokens, cache, memory, context } =
+    raw;
   if (typeof name !== "string" || !AGENT_NAME.test(name)) {
     fail(
       where,
@@ -257,6 +275,13 @@ export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   if (maxOutputTokens !== undefined) {
     agent.maxOutputTokens = positiveInt(at, "maxOutputTokens", maxOutputTokens);
   }
+  const c = normalizeAgentCache(cache, agent.temperature, at);
+  if (c) agent.cache = c;
+  if (memory !== undefined) agent.memory = normalizeMemory(at, memory);
+  if (context !== undefined) {
+    if (!isRecord(context)) fail(at, "context", `must be { maxTokens } (got ${describe(context)})`);
+    agent.context = { maxTokens: positiveInt(at, "context.maxTokens", context.maxTokens) };
+  }
   return agent;
 }
 
@@ -277,6 +302,7 @@ const modelSettingsSchema = z
       })
       .strict()
       .optional(),
+    ...costModelSettings,
     scripts: z
       .record(
         z.string(),
@@ -285,6 +311,33 @@ const modelSettingsSchema = z
       .optional(),
   })
   .strict();
+
+function normalizeNamespace(at: string, field: string, raw: unknown): MemoryNamespace {
+  if (raw === undefined || raw === "thread") return "thread";
+  if (raw === "tenant") return "tenant";
+  if (isRecord(raw) && typeof raw.name === "string" && /^[A-Za-z0-9:_.-]{1,200}$/.test(raw.name)) {
+    return { name: raw.name };
+  }
+  fail(at, field, `must be "thread", "tenant" or { name } (got ${describe(raw)})`);
+}
+
+function normalizeMemory(at: string, raw: unknown): AgentMemoryConfig {
+  if (!isRecord(raw)) fail(at, "memory", `must be { recall?, tools? } (got ${describe(raw)})`);
+  const out: AgentMemoryConfig = {};
+  if (raw.recall !== undefined) {
+    if (!isRecord(raw.recall)) fail(at, "memory.recall", "must be { k, namespace? }");
+    const k = positiveInt(at, "memory.recall.k", raw.recall.k ?? 5);
+    if (k > 100) fail(at, "memory.recall.k", "must be at most 100");
+    out.recall = { k, namespace: normalizeNamespace(at, "memory.recall.namespace", raw.recall.namespace) };
+  }
+  if (raw.tools !== undefined) {
+    if (typeof raw.tools === "boolean") out.tools = raw.tools;
+    else if (isRecord(raw.tools)) {
+      out.tools = { namespace: normalizeNamespace(at, "memory.tools.namespace", raw.tools.namespace) };
+    } else fail(at, "memory.tools", "must be a boolean or { namespace }");
+  }
+  return out;
+}
 
 /** Validates a whole config. Idempotent on its own output. */
 export function normalizeConfig(raw: unknown, where: string): CapstanConfig {

@@ -2,6 +2,8 @@ import type { LanguageModelV2, LanguageModelV3 } from "@ai-sdk/provider";
 import type { z } from "zod";
 import type { Logger } from "../logger.js";
 import type { Effect } from "../state/types.js";
+import type { AgentCacheConfig, ToolCacheConfig } from "../cost/cache-config.js";
+import type { CostModelSettings } from "../cost/config.js";
 import type { Script } from "./scripted.js";
 
 export type { Effect };
@@ -17,6 +19,11 @@ export interface ToolContext {
   tenantId: string;
   toolCallId: string;
   logger: Logger;
+  /**
+   * Invalidate cached results of `pure` tools carrying these tags (for this
+   * tenant). Call it after the change the tags describe is durable.
+   */
+  invalidate(tags: string | readonly string[]): Promise<void>;
 }
 
 export interface ToolDefinition<I extends z.ZodType = z.ZodType, O = unknown> {
@@ -28,6 +35,8 @@ export interface ToolDefinition<I extends z.ZodType = z.ZodType, O = unknown> {
   requiresApproval: boolean;
   /** Per-call timeout (ms). */
   timeoutMs: number;
+  /** Result cache; `pure` tools only (refused for others at definition time). */
+  cache?: ToolCacheConfig;
   /*
    * Method syntax on purpose: parameters of methods are checked bivariantly, so a
    * tool with specific args (`ToolDefinition<ZodObject<…>>`) is assignable to the
@@ -62,10 +71,26 @@ export interface AgentDefinition {
   /** Model settings passed to every call. */
   temperature?: number;
   maxOutputTokens?: number;
+  /** Opt-in LLM response cache (deterministic settings only). */
+  cache?: AgentCacheConfig;
+  /** Long-term memory: recall before LLM calls and/or the remember/recall tools. */
+  memory?: AgentMemoryConfig;
+  /** Bounded context: older history is summarised to keep the prompt under this many tokens. */
+  context?: { maxTokens: number };
 }
 
+export interface AgentMemoryConfig {
+  /** Retrieve the k nearest memories to the latest user message and add them to the context. */
+  recall?: { k: number; namespace: MemoryNamespace };
+  /** Give the agent the built-in `remember` and `recall` tools. */
+  tools?: boolean | { namespace: MemoryNamespace };
+}
+
+/** `thread` (per conversation), `tenant` (shared), or a fixed name. */
+export type MemoryNamespace = "thread" | "tenant" | { name: string };
+
 /** Provider settings for `provider:model` strings (from the config file / environment). */
-export interface ModelProviderSettings {
+export interface ModelProviderSettings extends CostModelSettings {
   openai?: { apiKey?: string; baseURL?: string };
   anthropic?: { apiKey?: string; baseURL?: string };
   /** Any OpenAI-compatible chat-completions server (Ollama, vLLM, LM Studio…). */

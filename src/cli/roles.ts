@@ -30,6 +30,8 @@ export async function startIngressRole(rt: Runtime, metrics: Metrics): Promise<R
     metrics,
     rateLimit: perMinute > 0 ? { points: perMinute, durationMs: 60_000 } : false,
     redisFailurePolicy: rt.settings.redis.failurePolicy,
+    embedder: rt.embedder,
+    prices: rt.config?.models?.prices,
   });
 }
 

@@ -11,6 +11,16 @@ import { createLogger, type Logger } from "../logger.js";
 import { createPgDb, createPgliteDb, type Db } from "../state/db.js";
 import { migrate } from "../state/migrate.js";
 import type { LoadedAgent } from "../worker/run-loop.js";
+import type { RunServices } from "../worker/services.js";
+import { cachedEmbedder, resolveEmbedder, type Embedder } from "../agent/embeddings.js";
+import { memoryTools } from "../agent/memory-tools.js";
+import { memoryNamespace } from "../agent/memory-namespace.js";
+import { describeMemoryBackend, memoryBackend } from "../state/memories.js";
+import { createCostBackend } from "../cost/backend.js";
+import { createBudgetGuard } from "../cost/budget.js";
+import { createProviderLimiter } from "../cost/provider-limits.js";
+import { createLlmCache, createToolCache } from "../cost/cache.js";
+import { validateCacheConfig } from "../cost/cache-config.js";
 
 export type Role = "dev" | "ingress" | "worker" | "admin";
 
@@ -30,6 +40,10 @@ export interface RuntimeOptions {
 
 /** Everything a process role needs, opened once from resolved configuration. */
 export interface Runtime {
+  /** Budgets, provider limits, caches and memory for the reasoning loop. */
+  services: RunServices;
+  /** The embedder for memories (ingress search uses it too). */
+  embedder: Embedder;
   settings: Settings;
   logger: Logger;
   db: Db;
@@ -64,13 +78,31 @@ function modelSettings(
   return m;
 }
 
+/**
+ * Resolve every agent's model and tool schemas once. Agents with
+ * `memory.tools` get the built-in `remember`/`recall` tools; cache settings
+ * are validated again (a config built by hand must not cache a non-pure tool).
+ */
 export function loadAgents(
   config: CapstanConfig | null,
   env: Record<string, string | undefined>,
+  memory?: { db: Db; embedder: Embedder },
 ): Map<string, LoadedAgent> {
   const providers = modelSettings(config, env);
   const out = new Map<string, LoadedAgent>();
-  for (const def of config?.agents ?? []) {
+  for (const agent of config?.agents ?? []) {
+    let def = agent;
+    const mt = agent.memory?.tools;
+    if (mt && memory) {
+      const ns = mt === true ? "thread" : mt.namespace;
+      const { remember, recall } = memoryTools({
+        db: memory.db,
+        embedder: memory.embedder,
+        namespace: (ctx) => memoryNamespace(ns, ctx.threadId),
+      });
+      def = { ...agent, tools: { remember, recall, ...agent.tools } };
+    }
+    validateCacheConfig(def);
     out.set(def.name, { def, model: resolveModel(def.model, providers), tools: toolSchemas(def) });
   }
   return out;
@@ -145,16 +177,57 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     }
   }
 
+  const providers = modelSettings(config, opts.env);
   let agents: Map<string, LoadedAgent>;
+  let embedder: Embedder;
   try {
-    agents = loadAgents(config, opts.env);
+    const base = resolveEmbedder(settings.memory.embedder, providers);
+    embedder = coord ? cachedEmbedder(base, coord.cache, settings.memory.embeddingCacheTtlMs) : base;
+    agents = loadAgents(config, opts.env, { db, embedder });
   } catch (err) {
     await coord?.close().catch(() => {});
     await db.close().catch(() => {});
     throw err;
   }
+  const backend = await memoryBackend(db).catch(() => "exact" as const);
+  if (backend === "exact") logger.warn(describeMemoryBackend(backend));
+  else logger.info(describeMemoryBackend(backend));
+
+  const costBackend =
+    opts.coordination === false
+      ? undefined
+      : createCostBackend({
+          ...(settings.redis.url
+            ? { redis: { url: settings.redis.url, keyPrefix: settings.redis.keyPrefix } }
+            : {}),
+          logger,
+        });
+  const services: RunServices = { memory: { embedder } };
+  if (costBackend && coord) {
+    services.cost = {
+      budget: createBudgetGuard({
+        db,
+        store: costBackend.budget,
+        logger,
+        reservationTtlMs: settings.cost.reservationTtlMs,
+        resyncMs: settings.cost.resyncMs,
+        budgetCacheMs: settings.cost.budgetCacheMs,
+      }),
+      limiter: createProviderLimiter({
+        store: costBackend.limits,
+        limits: providers.limits ?? {},
+        logger,
+        maxWaitMs: settings.cost.providerMaxWaitMs,
+      }),
+      llmCache: createLlmCache({ cache: coord.cache, logger }),
+      toolCache: createToolCache({ cache: coord.cache, logger }),
+      defaultMaxOutputTokens: settings.cost.defaultMaxOutputTokens,
+    };
+  }
 
   return {
+    services,
+    embedder,
     settings,
     logger,
     db,
@@ -162,6 +235,10 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     config,
     agents,
     async close() {
+      await services.cost?.budget.close().catch(() => {});
+      await costBackend
+        ?.close()
+        .catch((err: unknown) => logger.warn({ err }, "closing the cost backend failed"));
       await coord?.close().catch((err: unknown) => logger.warn({ err }, "closing coordination failed"));
       await db.close().catch((err: unknown) => logger.warn({ err }, "closing the database failed"));
     },

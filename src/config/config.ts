@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { CapstanError } from "../errors.js";
+import { costSettingsSchema } from "../cost/config.js";
 
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
@@ -90,6 +91,16 @@ export const settingsSchema = z
       })
       .strict()
       .default({ maxPendingRunsPerTenant: 10_000 }),
+    /** Budgets, provider limits and caches (see src/cost/config.ts). */
+    cost: costSettingsSchema,
+    memory: z
+      .object({
+        /** Embedding model for memories: `local:lexical[@dims]` (offline, lexical), `openai:…`, `compatible:…@dims`. */
+        embedder: z.string().min(1).default("local:lexical"),
+        embeddingCacheTtlMs: posInt.default(7 * 24 * 3600_000),
+      })
+      .strict()
+      .default({ embedder: "local:lexical", embeddingCacheTtlMs: 7 * 24 * 3600_000 }),
     log: z
       .object({
         level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -122,6 +133,7 @@ const ENV: Record<string, { path: string[]; kind: "string" | "int" }> = {
   CAPSTAN_MAX_ATTEMPTS: { path: ["worker", "maxAttempts"], kind: "int" },
   CAPSTAN_SHUTDOWN_GRACE_MS: { path: ["worker", "shutdownGraceMs"], kind: "int" },
   CAPSTAN_LOG_LEVEL: { path: ["log", "level"], kind: "string" },
+  CAPSTAN_EMBEDDER: { path: ["memory", "embedder"], kind: "string" },
 };
 
 type Tree = Record<string, unknown>;

@@ -11,6 +11,8 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from "fastify";
+import type { Embedder } from "../agent/embeddings.js";
+import type { PriceTable } from "../cost/pricing.js";
 import { instrumentFastify } from "../observability/http.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Settings } from "../config/config.js";
@@ -23,10 +25,13 @@ import type { IngressContext } from "./context.js";
 import { createIngressMetrics } from "./metrics.js";
 import { problemFor } from "./problem.js";
 import { createRateLimitCheck, DEFAULT_RATE_LIMIT, type RedisFailurePolicy } from "./ratelimit.js";
+import { cacheRoutes } from "./routes/cache.js";
 import { eventRoutes } from "./routes/events.js";
+import { memoryRoutes } from "./routes/memories.js";
 import { opsRoutes } from "./routes/ops.js";
 import { runRoutes } from "./routes/runs.js";
 import { threadRoutes } from "./routes/threads.js";
+import { usageRoutes } from "./routes/usage.js";
 import { createRunWatchHub } from "./run-watch.js";
 import { DEFAULT_SSE, type SseOptions } from "./sse.js";
 
@@ -54,6 +59,13 @@ export interface IngressDeps {
    * ingress series added. Default: a private set for this app.
    */
   metrics?: Metrics;
+  /** The price table (`models.prices`): `GET /v1/usage` then carries estimated costs. */
+  prices?: PriceTable;
+  /**
+   * Embeds memory texts and search queries (the same embedder the workers
+   * use). Without one, the /v1/memories routes answer 501 `not_implemented`.
+   */
+  embedder?: Embedder;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -121,6 +133,8 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
     return503OnClosing: false,
     // HEAD on an event stream would hold a watcher for nothing: no implicit HEAD routes.
     exposeHeadRoutes: false,
+    // Memory namespaces and keys (≤ 256 characters) travel percent-encoded in paths.
+    routerOptions: { maxParamLength: 3 * 1024 },
   });
 
   app.decorateRequest("principal", null);
@@ -195,6 +209,9 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
       threadRoutes(v1, ctx);
       runRoutes(v1, ctx);
       eventRoutes(v1, ctx);
+      usageRoutes(v1, ctx, { prices: deps.prices });
+      cacheRoutes(v1, ctx);
+      memoryRoutes(v1, ctx, { embedder: deps.embedder });
     },
     { prefix: "/v1" },
   );

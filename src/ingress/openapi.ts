@@ -11,6 +11,10 @@ const REQUESTS = {
   CreateThreadRequest: s.createThreadBody,
   CreateRunRequest: s.createRunBody,
   ResumeRunRequest: s.resumeBody,
+  InvalidateCacheRequest: s.invalidateBody,
+  PutMemoryRequest: s.putMemoryBody,
+  CreateMemoryRequest: s.createMemoryBody,
+  SearchMemoriesRequest: s.searchMemoriesBody,
   JsonValue: s.jsonValue,
 } as const;
 
@@ -20,6 +24,13 @@ const RESPONSES = {
   MessagePage: s.messagePageSchema,
   StepList: s.stepListSchema,
   Problem: s.problemSchema,
+  BudgetProblem: s.budgetProblemSchema,
+  UsageReport: s.usageReportSchema,
+  ThreadUsage: s.threadUsageSchema,
+  InvalidateCacheResult: s.invalidateResultSchema,
+  Memory: s.memorySchema,
+  MemoryPage: s.memoryPageSchema,
+  MemorySearchResult: s.memorySearchResultSchema,
 } as const;
 
 function components(entries: Record<string, z.ZodType>, io: "input" | "output"): Record<string, Json> {
@@ -78,6 +89,41 @@ const idempotencyKey: Json = {
 };
 const common = problems(401, 429, 503);
 
+const budgetExceeded: Json = {
+  "402": {
+    description:
+      "budget_exceeded: the tenant's daily or monthly token budget is used up; it comes back at " +
+      "`resets_at` (or when the budget is raised), so do not retry before. A retry of an earlier " +
+      "accepted request with the same Idempotency-Key still answers its run.",
+    content: { "application/problem+json": { schema: ref("BudgetProblem") } },
+  },
+};
+
+const memoryPathParams: Json[] = [
+  {
+    name: "namespace",
+    in: "path",
+    required: true,
+    description: `Memory namespace, 1..${s.LIMITS.memoryNamespaceChars} characters (percent-encoded)`,
+    schema: { type: "string", minLength: 1, maxLength: s.LIMITS.memoryNamespaceChars },
+  },
+  {
+    name: "key",
+    in: "path",
+    required: true,
+    description: `Memory key, 1..${s.LIMITS.memoryKeyChars} characters (percent-encoded)`,
+    schema: { type: "string", minLength: 1, maxLength: s.LIMITS.memoryKeyChars },
+  },
+];
+
+/** Answered by every memory route on a server without an embedding model. */
+const noMemory: Json = {
+  "501": {
+    description: "not_implemented: this server has no embedding model configured",
+    content: { "application/problem+json": { schema: ref("Problem") } },
+  },
+};
+
 export function buildOpenApi(): Json {
   return {
     openapi: "3.1.0",
@@ -134,6 +180,7 @@ export function buildOpenApi(): Json {
           responses: {
             "202": { description: "Accepted (queued)", content: json("Run") },
             ...problems(400, 404, 409, 413, 415, 422),
+            ...budgetExceeded,
             ...common,
           },
         },
@@ -209,6 +256,134 @@ export function buildOpenApi(): Json {
           responses: {
             "200": { description: "The run (queued again)", content: json("Run") },
             ...problems(400, 404, 409, 413, 415, 422),
+            ...common,
+          },
+        },
+      },
+      "/v1/threads/{id}/usage": {
+        get: {
+          summary: "A thread's token usage, summed over its retained runs",
+          parameters: [idParam("thread")],
+          responses: {
+            "200": { description: "Usage", content: json("ThreadUsage") },
+            ...problems(404),
+            ...common,
+          },
+        },
+      },
+      "/v1/usage": {
+        get: {
+          summary: "The tenant's token usage per UTC day and model, totals, estimated cost and budgets",
+          parameters: queryParams(s.usageQuery),
+          responses: {
+            "200": { description: "Usage report", content: json("UsageReport") },
+            ...problems(400),
+            ...common,
+          },
+        },
+      },
+      "/v1/cache/invalidate": {
+        post: {
+          summary: "Invalidate cached pure-tool results of the tenant by tag",
+          description: "Naturally idempotent: repeating it only costs cache misses.",
+          requestBody: { required: true, content: json("InvalidateCacheRequest") },
+          responses: {
+            "200": { description: "Invalidated", content: json("InvalidateCacheResult") },
+            ...problems(400, 413, 415),
+            ...common,
+          },
+        },
+      },
+      "/v1/memories": {
+        get: {
+          summary: "List a namespace's memories in creation order",
+          parameters: queryParams(s.listMemoriesQuery),
+          responses: {
+            "200": { description: "A page", content: json("MemoryPage") },
+            ...problems(400),
+            ...noMemory,
+            ...common,
+          },
+        },
+        post: {
+          summary: "Store a new memory (no key); its text is embedded by the server",
+          parameters: [idempotencyKey],
+          requestBody: { required: true, content: json("CreateMemoryRequest") },
+          responses: {
+            "201": { description: "Created", content: json("Memory") },
+            ...problems(400, 413, 415, 422),
+            ...noMemory,
+            ...common,
+          },
+        },
+      },
+      "/v1/memories/search": {
+        post: {
+          summary: "The memories of a namespace nearest to a query text, nearest first",
+          description:
+            "Read-only, so safe to retry: an Idempotency-Key is validated but no answer is stored.",
+          parameters: [idempotencyKey],
+          requestBody: { required: true, content: json("SearchMemoriesRequest") },
+          responses: {
+            "200": { description: "Matches", content: json("MemorySearchResult") },
+            ...problems(400, 413, 415),
+            ...noMemory,
+            ...common,
+          },
+        },
+      },
+      "/v1/memories/{id}": {
+        get: {
+          summary: "Get a memory",
+          parameters: [idParam("memory")],
+          responses: {
+            "200": { description: "The memory", content: json("Memory") },
+            ...problems(404),
+            ...noMemory,
+            ...common,
+          },
+        },
+        delete: {
+          summary: "Delete a memory",
+          parameters: [idParam("memory")],
+          responses: {
+            "204": { description: "Deleted" },
+            ...problems(404),
+            ...noMemory,
+            ...common,
+          },
+        },
+      },
+      "/v1/memories/{namespace}/{key}": {
+        put: {
+          summary: "Create or replace the memory with this key (text, metadata, expiry)",
+          parameters: memoryPathParams,
+          requestBody: { required: true, content: json("PutMemoryRequest") },
+          responses: {
+            "201": { description: "Created", content: json("Memory") },
+            "200": { description: "Updated (same id and created_at)", content: json("Memory") },
+            ...problems(400, 413, 415),
+            ...noMemory,
+            ...common,
+          },
+        },
+        get: {
+          summary: "Get the memory with this key",
+          parameters: memoryPathParams,
+          responses: {
+            "200": { description: "The memory", content: json("Memory") },
+            ...problems(400, 404),
+            ...noMemory,
+            ...common,
+          },
+        },
+        delete: {
+          summary: "Delete the memory with this key",
+          parameters: memoryPathParams,
+          responses: {
+            "204": { description: "Deleted" },
+            ...problems(400, 404),
+            ...noMemory,
             ...common,
           },
         },

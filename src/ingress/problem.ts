@@ -39,6 +39,8 @@ export const CODES: Record<ErrorCode, CodeInfo> = {
   internal: { status: 500, title: "Internal error" },
   schema_too_new: { status: 500, title: "Schema too new" },
   config_invalid: { status: 500, title: "Invalid configuration" },
+  // A feature this server is not configured for (e.g. memory without an embedder): not a fault.
+  not_implemented: { status: 501, title: "Not implemented" },
   database_unavailable: { status: 503, title: "Database unavailable", retryAfter: 1 },
   redis_unavailable: { status: 503, title: "Coordination unavailable", retryAfter: 1 },
   server_busy: { status: 503, title: "Server busy", retryAfter: 1 },
@@ -126,7 +128,7 @@ export function toCapstanError(err: unknown): CapstanError {
 export function problemFor(err: unknown, requestId: string): ProblemAnswer {
   const e = toCapstanError(err);
   const info = CODES[e.code] ?? CODES.internal;
-  const serverFault = info.status >= 500;
+  const serverFault = info.status >= 500 && e.code !== "not_implemented";
   const detail =
     e.code === "internal" ||
     (serverFault && !["database_unavailable", "redis_unavailable", "server_busy"].includes(e.code))

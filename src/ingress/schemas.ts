@@ -4,6 +4,9 @@
  * /openapi.json is generated from them. Every input is bounded here.
  */
 import { z } from "zod";
+import { CACHE_LIMITS, tagProblem } from "../cost/cache-config.js";
+import { MEMORY_LIMITS } from "../state/memories.js";
+import { isValidDay } from "../state/usage.js";
 
 export const LIMITS = {
   /** Characters of one user message (a string, or the sum of its text parts). */
@@ -23,6 +26,18 @@ export const LIMITS = {
   waitMaxSeconds: 60,
   waitDefaultSeconds: 30,
   idempotencyKeyChars: 255,
+  /** Memory namespaces and keys, in characters (the store's limits). */
+  memoryNamespaceChars: MEMORY_LIMITS.maxNamespaceChars,
+  memoryKeyChars: MEMORY_LIMITS.maxKeyChars,
+  /** Memory text and search query, UTF-8 bytes. */
+  memoryTextBytes: MEMORY_LIMITS.maxTextBytes,
+  /** Memory metadata and search filter, as JSON, in bytes. */
+  memoryMetadataBytes: MEMORY_LIMITS.maxMetadataBytes,
+  /** Results of one memory search. */
+  memorySearchMax: MEMORY_LIMITS.maxK,
+  memorySearchDefault: 10,
+  /** Longest memory TTL: 10 years, in seconds. */
+  memoryTtlMaxSeconds: 10 * 365 * 86_400,
 } as const;
 
 const jsonBytes = (v: unknown): number => Buffer.byteLength(JSON.stringify(v) ?? "", "utf8");
@@ -153,6 +168,141 @@ export const eventsQuery = z.object({
     .meta({ description: 'Resume after this event id ("N" or "N.k"); Last-Event-ID wins.' }),
 });
 
+// ---------- usage and cache (src/ingress/routes/usage.ts, cache.ts) ----------
+
+const day = z.string().refine(isValidDay, { message: "expected a date YYYY-MM-DD" });
+
+export const usageQuery = z.strictObject({
+  from: day
+    .optional()
+    .meta({ description: "First UTC day, YYYY-MM-DD. Default: the first of `to`'s month." }),
+  to: day.optional().meta({ description: "Last UTC day (inclusive), YYYY-MM-DD. Default: today." }),
+});
+
+const cacheTag = z.string().superRefine((t, c) => {
+  const problem = tagProblem(t);
+  if (problem) c.addIssue({ code: "custom", message: problem });
+});
+
+export const invalidateBody = z.strictObject({
+  tags: z
+    .array(cacheTag)
+    .min(1)
+    .max(CACHE_LIMITS.maxInvalidateTags)
+    .meta({ description: "Cache tags of pure tools to invalidate for the caller's tenant." }),
+});
+
+// ---------- memories (src/ingress/routes/memories.ts) ----------
+
+/**
+ * No control characters (C0, DEL, C1: Unicode's Cc): names travel in URLs,
+ * logs and prompts. Written as ranges, not \p{Cc}, so the OpenAPI pattern
+ * works in any JSON Schema validator.
+ */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const NO_CONTROL = /^[^\u0000-\u001f\u007f-\u009f]*$/;
+
+const memoryName = (what: string, max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .regex(NO_CONTROL, "must not contain control characters")
+    .meta({ description: `${what}: 1..${max} characters, no control characters.` });
+
+export const memoryNamespaceSchema = memoryName(
+  "Memory namespace (e.g. one per end user)",
+  LIMITS.memoryNamespaceChars,
+);
+export const memoryKeySchema = memoryName("Memory key, unique in its namespace", LIMITS.memoryKeyChars);
+
+const utf8Text = (what: string) =>
+  z
+    .string()
+    .min(1)
+    .refine((t) => Buffer.byteLength(t, "utf8") <= LIMITS.memoryTextBytes, {
+      message: `at most ${LIMITS.memoryTextBytes} bytes (UTF-8)`,
+    })
+    .refine((t) => !t.includes("\u0000"), { message: "must not contain NUL characters" })
+    .meta({ description: `${what}: 1..${LIMITS.memoryTextBytes} bytes of UTF-8.` });
+
+/** A JSON object of at most `memoryMetadataBytes` bytes (the store's limit). */
+const memoryJsonObject = (description: string) =>
+  z
+    .record(z.string(), jsonValue)
+    .superRefine((m, ctx) => {
+      const json = JSON.stringify(m);
+      const bytes = Buffer.byteLength(json, "utf8");
+      if (bytes > LIMITS.memoryMetadataBytes) {
+        ctx.addIssue({
+          code: "custom",
+          message: `at most ${LIMITS.memoryMetadataBytes} bytes of JSON (got ${bytes})`,
+        });
+      } else if (json.includes("\\u0000")) {
+        ctx.addIssue({ code: "custom", message: "must not contain NUL characters" });
+      }
+    })
+    .meta({ description });
+
+const memoryMetadata = memoryJsonObject(
+  `Free-form JSON object, ≤ ${LIMITS.memoryMetadataBytes} bytes; searches can filter on it.`,
+);
+
+const ttlSeconds = z
+  .number()
+  .int()
+  .min(1)
+  .max(LIMITS.memoryTtlMaxSeconds)
+  .nullable()
+  .optional()
+  .meta({
+    description: `Seconds until the memory expires, 1..${LIMITS.memoryTtlMaxSeconds}; absent or null: never.`,
+  });
+
+export const putMemoryBody = z.strictObject({
+  text: utf8Text("The memory's text (it is embedded for search)"),
+  metadata: memoryMetadata.optional(),
+  ttl_seconds: ttlSeconds,
+});
+
+export const createMemoryBody = z.strictObject({
+  namespace: memoryNamespaceSchema,
+  text: utf8Text("The memory's text (it is embedded for search)"),
+  metadata: memoryMetadata.optional(),
+  ttl_seconds: ttlSeconds,
+});
+
+export const searchMemoriesBody = z.strictObject({
+  namespace: memoryNamespaceSchema,
+  query: utf8Text("What to look for (embedded with the server's embedding model)"),
+  k: z
+    .number()
+    .int()
+    .min(1)
+    .max(LIMITS.memorySearchMax)
+    .optional()
+    .meta({
+      description: `How many memories, 1..${LIMITS.memorySearchMax} (default ${LIMITS.memorySearchDefault}).`,
+    }),
+  filter: memoryJsonObject(
+    'Only memories whose metadata contains this JSON object (e.g. {"kind": "preference"}).',
+  ).optional(),
+  max_distance: z
+    .number()
+    .min(0)
+    .max(2)
+    .optional()
+    .meta({ description: "Drop matches farther than this cosine distance, 0..2." }),
+});
+
+export const listMemoriesQuery = z.object({
+  namespace: memoryNamespaceSchema,
+  limit: queryInt(1, LIMITS.pageMax)
+    .optional()
+    .meta({ description: `Page size, 1..${LIMITS.pageMax} (default ${LIMITS.pageDefault}).` }),
+  cursor: z.string().min(1).max(256).optional().meta({ description: "`next_cursor` of the previous page." }),
+});
+
 // ---------- responses (snake_case wire shapes) ----------
 
 const timestamp = z.string().meta({ description: "RFC 3339 timestamp" });
@@ -232,6 +382,108 @@ export const problemSchema = z.object({
   request_id: z.string(),
 });
 
+/** 402 `budget_exceeded`: a Problem with the spent budget. */
+export const budgetProblemSchema = problemSchema.extend({
+  code: z.literal("budget_exceeded"),
+  period: z.enum(["day", "month"]).meta({ description: "Which budget is used up (UTC day or month)." }),
+  budget: z.number().meta({ description: "The budget, in tokens (input + output)." }),
+  used: z.number().meta({ description: "Tokens used in the period." }),
+  resets_at: timestamp.meta({ description: "When the period ends and the budget is available again." }),
+});
+
+// ---------- usage and cache responses ----------
+
+const usageCounts = {
+  input_tokens: z.number(),
+  output_tokens: z.number(),
+  cached_input_tokens: z.number(),
+  total_tokens: z.number().meta({ description: "input + output: what budgets count." }),
+  llm_calls: z.number(),
+  cache_hits: z.number(),
+  tokens_saved: z.number().meta({ description: "Tokens the LLM response cache avoided." }),
+};
+
+export const usageReportSchema = z.object({
+  from: z.string(),
+  to: z.string(),
+  data: z.array(
+    z.object({
+      day: z.string(),
+      model: z.string(),
+      ...usageCounts,
+      estimated_cost: z
+        .number()
+        .nullable()
+        .optional()
+        .meta({ description: "With a price table: the estimated cost; null when the model has no price." }),
+    }),
+  ),
+  totals: z.object({
+    ...usageCounts,
+    estimated_cost: z.number().optional(),
+    unpriced_models: z.array(z.string()).optional(),
+  }),
+  budget: z.object({
+    daily_token_budget: z.number().nullable(),
+    monthly_token_budget: z.number().nullable(),
+    day: z.string(),
+    day_used: z.number(),
+    month_used: z.number(),
+  }),
+});
+
+export const threadUsageSchema = z.object({
+  thread_id: z.string(),
+  runs: z.number().meta({ description: "Retained runs of the thread (finished runs are pruned)." }),
+  input_tokens: z.number(),
+  output_tokens: z.number(),
+  cached_input_tokens: z.number(),
+  total_tokens: z.number(),
+});
+
+export const invalidateResultSchema = z.object({
+  invalidated: z.array(z.string()).meta({ description: "The distinct tags invalidated." }),
+});
+
+// ---------- memory responses ----------
+
+export const memorySchema = z.object({
+  id: z.string(),
+  namespace: z.string(),
+  key: z.string().nullable(),
+  text: z.string(),
+  metadata: z.record(z.string(), z.unknown()),
+  embedding_model: z.string(),
+  created_at: timestamp,
+  updated_at: timestamp,
+  expires_at: timestamp.nullable(),
+});
+
+export const memoryPageSchema = z.object({
+  data: z.array(memorySchema),
+  next_cursor: z
+    .string()
+    .nullable()
+    .meta({ description: "Pass as `cursor` for the next page; null on the last page." }),
+});
+
+export const memoryMatchSchema = z.object({
+  id: z.string(),
+  namespace: z.string(),
+  key: z.string().nullable(),
+  text: z.string(),
+  metadata: z.record(z.string(), z.unknown()),
+  distance: z
+    .number()
+    .meta({ description: "Cosine distance to the query: 0 = same direction, 2 = opposite." }),
+  created_at: timestamp,
+  expires_at: timestamp.nullable(),
+});
+
+export const memorySearchResultSchema = z.object({
+  data: z.array(memoryMatchSchema).meta({ description: "Nearest first." }),
+});
+
 export type ThreadJson = z.infer<typeof threadSchema>;
 export type RunJson = z.infer<typeof runSchema>;
 export type MessageJson = z.infer<typeof messageSchema>;
@@ -239,3 +491,10 @@ export type MessagePageJson = z.infer<typeof messagePageSchema>;
 export type StepJson = z.infer<typeof stepSchema>;
 export type StepListJson = z.infer<typeof stepListSchema>;
 export type ProblemJson = z.infer<typeof problemSchema>;
+export type UsageReportJson = z.infer<typeof usageReportSchema>;
+export type ThreadUsageJson = z.infer<typeof threadUsageSchema>;
+export type InvalidateResultJson = z.infer<typeof invalidateResultSchema>;
+export type MemoryJson = z.infer<typeof memorySchema>;
+export type MemoryPageJson = z.infer<typeof memoryPageSchema>;
+export type MemoryMatchJson = z.infer<typeof memoryMatchSchema>;
+export type MemorySearchResultJson = z.infer<typeof memorySearchResultSchema>;

@@ -66,7 +66,7 @@ export function parseOr400<S extends z.ZodType>(schema: S, value: unknown, locat
  * A path id. Malformed ids are answered exactly like unknown or foreign ones
  * (404), so nothing about other tenants' ids can be learned from errors.
  */
-export function pathId(params: unknown, what: "thread" | "run"): string {
+export function pathId(params: unknown, what: "thread" | "run" | "memory"): string {
   const raw =
     typeof params === "object" && params !== null ? (params as Record<string, unknown>).id : undefined;
   const r = idSchema.safeParse(raw);

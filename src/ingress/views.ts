@@ -1,8 +1,18 @@
 /** State objects → the snake_case wire shapes of DESIGN §11 (see ./schemas.ts). */
+import type { Memory, MemoryMatch } from "../state/memories.js";
 import type { Thread } from "../state/threads.js";
 import type { Message, Run, Step } from "../state/types.js";
 import type * as wire from "../client/types.js";
-import type { MessageJson, MessagePageJson, ProblemJson, RunJson, StepJson, ThreadJson } from "./schemas.js";
+import type {
+  MemoryJson,
+  MemoryMatchJson,
+  MessageJson,
+  MessagePageJson,
+  ProblemJson,
+  RunJson,
+  StepJson,
+  ThreadJson,
+} from "./schemas.js";
 
 const iso = (d: Date): string => d.toISOString();
 const isoOrNull = (d: Date | null): string | null => (d ? d.toISOString() : null);
@@ -54,6 +64,33 @@ export function stepView(s: Step): StepJson {
         : null,
     started_at: iso(s.startedAt),
     finished_at: isoOrNull(s.finishedAt),
+  };
+}
+
+export function memoryView(m: Memory): MemoryJson {
+  return {
+    id: m.id,
+    namespace: m.namespace,
+    key: m.key,
+    text: m.text,
+    metadata: m.metadata,
+    embedding_model: m.embeddingModel,
+    created_at: iso(m.createdAt),
+    updated_at: iso(m.updatedAt),
+    expires_at: isoOrNull(m.expiresAt),
+  };
+}
+
+export function memoryMatchView({ memory: m, distance }: MemoryMatch): MemoryMatchJson {
+  return {
+    id: m.id,
+    namespace: m.namespace,
+    key: m.key,
+    text: m.text,
+    metadata: m.metadata,
+    distance,
+    created_at: iso(m.createdAt),
+    expires_at: isoOrNull(m.expiresAt),
   };
 }
 

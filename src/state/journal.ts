@@ -3,6 +3,7 @@ import type { Db, Queryable } from "./db.js";
 import { insertEvents } from "./events.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { assertLeaseTx } from "./scheduler.js";
+import { recordUsageTx } from "./usage.js";
 import {
   toStep,
   type Effect,
@@ -23,6 +24,10 @@ import {
 
 export interface LlmStepInput {
   stepNo: number;
+  /** `provider:model`, for the per-tenant usage rollup (default "unknown"). */
+  model?: string;
+  /** Served from the response cache: no tokens spent, `tokensSaved` avoided. */
+  cache?: { hit: boolean; tokensSaved: number };
   /** What was asked (kept small: message count, tool names, settings). */
   request?: unknown;
   /** The full response: text, tool calls, finish reason. */
@@ -34,11 +39,11 @@ export interface LlmStepInput {
 async function fenced<T>(
   db: Db,
   lease: Lease,
-  fn: (q: Queryable, attempt: number) => Promise<T>,
+  fn: (q: Queryable, attempt: number, tenantId: string) => Promise<T>,
 ): Promise<T> {
   return db.tx(async (q) => {
     const run = await assertLeaseTx(q, lease);
-    return fn(q, run.attempts);
+    return fn(q, run.attempts, run.tenantId);
   });
 }
 
@@ -52,7 +57,7 @@ export async function appendLlmStep(
   step: LlmStepInput,
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
-  return fenced(db, lease, async (q, attempt) => {
+  return fenced(db, lease, async (q, attempt, tenantId) => {
     try {
       await q.query(
         `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, input, output,
@@ -76,9 +81,20 @@ export async function appendLlmStep(
       throw err;
     }
     await q.query(
-      "UPDATE runs SET input_tokens = input_tokens + $2, output_tokens = output_tokens + $3 WHERE id = $1",
-      [lease.runId, step.usage.inputTokens, step.usage.outputTokens],
+      `UPDATE runs SET input_tokens = input_tokens + $2, output_tokens = output_tokens + $3,
+         cached_input_tokens = cached_input_tokens + $4 WHERE id = $1`,
+      [lease.runId, step.usage.inputTokens, step.usage.outputTokens, step.usage.cachedInputTokens ?? 0],
     );
+    await recordUsageTx(q, {
+      tenantId,
+      model: step.model ?? "unknown",
+      inputTokens: step.usage.inputTokens,
+      outputTokens: step.usage.outputTokens,
+      ...(step.usage.cachedInputTokens !== undefined
+        ? { cachedInputTokens: step.usage.cachedInputTokens }
+        : {}),
+      ...(step.cache ? { cacheHit: step.cache.hit, tokensSaved: step.cache.tokensSaved } : {}),
+    });
     return insertEvents(q, lease.runId, events);
   });
 }

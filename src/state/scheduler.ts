@@ -2,6 +2,7 @@ import { CapstanError, LeaseLostError } from "../errors.js";
 import { CHANNELS } from "./channels.js";
 import type { Db, Queryable } from "./db.js";
 import { insertEvents } from "./events.js";
+import { assertWithinBudget } from "../cost/budget.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { appendMessages, lockThread } from "./threads.js";
 import {
@@ -49,6 +50,8 @@ export interface EnqueueInput {
   maxAttempts: number;
   /** Pending-run cap for tenants that set none. */
   defaultMaxPending: number;
+  /** Refuse the run (`budget_exceeded`) when the tenant's token budget is spent. Default true. */
+  enforceBudget?: boolean;
 }
 
 export interface EnqueueResult {
@@ -112,6 +115,8 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
   if (!(await lockThread(q, input.threadId, input.tenantId))) {
     throw new CapstanError("not_found", `thread ${input.threadId} not found`);
   }
+  // After the idempotency lookup (in enqueueRun): a retried request still gets its run.
+  if (input.enforceBudget !== false) await assertWithinBudget(q, input.tenantId);
   const cap = await q.query<{ pending: number; max_pending: number | null }>(
     `SELECT (SELECT count(*) FROM runs WHERE tenant_id = $1 AND status IN ${PENDING}) AS pending,
             (SELECT max_pending FROM tenants WHERE id = $1) AS max_pending`,

@@ -9,6 +9,13 @@ import { readHistory } from "../state/threads.js";
 import type { ClaimedRun, NewMessage, RunError, Step } from "../state/types.js";
 import { assistantMessage, historyToModelMessages, toolMessage, type LlmResponse } from "./messages.js";
 import { callModel, ModelError, type RetryPolicy } from "./model-call.js";
+import { estimateLlmTokens } from "../cost/estimate.js";
+import { limitedRetrySleep, type ProviderPermit } from "../cost/provider-limits.js";
+import { contentText } from "../agent/context.js";
+import { recallForPrompt, renderRecalled } from "../agent/memory-tools.js";
+import { memoryNamespace } from "../agent/memory-namespace.js";
+import type { RunServices } from "./services.js";
+import { isCapstanError } from "../errors.js";
 import type { RunPublisher } from "./publisher.js";
 import { runToolStep, type ToolStepResult } from "./tool-step.js";
 import { modelLabel } from "../agent/models.js";
@@ -36,6 +43,7 @@ export interface RunContext {
   /** How often streamed text is flushed to the event stream as one delta. */
   deltaFlushMs: number;
   hooks: Partial<WorkerMetricsHooks>;
+  services: RunServices;
 }
 
 export type RunOutcome = "succeeded" | "failed" | "waiting" | "released" | "aborted";
@@ -163,7 +171,9 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
   }
   let runError: RunError;
   if (err instanceof RunFailure) runError = err.runError;
-  else if (err instanceof ModelError)
+  else if (isCapstanError(err) && ["budget_exceeded", "rate_limited", "server_busy"].includes(err.code)) {
+    runError = { code: err.code, message: err.message, ...(err.details ?? {}) };
+  } else if (err instanceof ModelError)
     runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
   else if (isTransient(err)) {
     // The database (or network) is gone: write nothing; the lease expires and
@@ -206,45 +216,19 @@ async function llmStep(
   stepNo: number,
   convo: ModelMessage[],
   deadline: number,
-): Promise<
-  LlmResponse & { usage: { inputTokens: number; outputTokens: number; cachedInputTokens?: number } }
-> {
+): Promise<LlmResponse & { usage: LlmUsage }> {
   const { run, publisher, agent } = ctx;
+  const cost = ctx.services.cost;
+  const label = modelLabel(agent.def.model);
   const startedAt = new Date();
-  let buffer = "";
-  let timer: NodeJS.Timeout | undefined;
-  const flush = () => {
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-    if (!buffer) return;
-    void publisher.ephemeral("message.delta", { run_id: run.id, step_no: stepNo, text: buffer });
-    buffer = "";
-  };
   const timeout = AbortSignal.timeout(Math.max(1, deadline - Date.now()));
   const signal = AbortSignal.any([ctx.signal, timeout]);
-  try {
-    const result = await callModel({
-      model: agent.model,
-      system: agent.def.instructions,
-      messages: convo,
-      tools: agent.tools,
-      signal,
-      ...(agent.def.temperature !== undefined ? { temperature: agent.def.temperature } : {}),
-      ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
-      ...(ctx.retry ? { retry: ctx.retry } : {}),
-      onDelta: (text) => {
-        buffer += text;
-        timer ??= setTimeout(flush, ctx.deltaFlushMs);
-      },
-      onRetry: (info) => {
-        flush();
-        ctx.hooks.onModelRetry?.({ status: info.status });
-        ctx.logger.warn({ stepNo, ...info }, "model call failed; retrying");
-        void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
-      },
-    });
-    flush();
-    const { response, usage } = result;
+  const system = await systemPrompt(ctx, convo, signal);
+  const journal = async (
+    response: LlmResponse,
+    usage: LlmUsage,
+    cache?: { hit: boolean; tokensSaved: number },
+  ) => {
     const events = [
       ...(response.text
         ? [
@@ -262,6 +246,7 @@ async function llmStep(
           kind: "llm",
           usage: { input_tokens: usage.inputTokens, output_tokens: usage.outputTokens },
           tool_calls: response.toolCalls.map((c) => c.toolName),
+          ...(cache?.hit ? { cache: "hit" } : {}),
         },
       },
     ];
@@ -272,28 +257,146 @@ async function llmStep(
         run.lease,
         {
           stepNo,
-          request: { messages: convo.length, tools: Object.keys(agent.tools) },
+          model: label,
+          request: {
+            messages: convo.length,
+            tools: Object.keys(agent.tools),
+            ...(cache?.hit ? { cache: "hit" } : {}),
+          },
           response,
           usage,
           startedAt,
+          ...(cache ? { cache } : {}),
         },
         events,
       ),
     );
+  };
+
+  // 1. The response cache (opt-in, deterministic agents only): a hit costs nothing.
+  const lookup = cost
+    ? await cost.llmCache.lookup({ tenantId: run.tenantId, agent: agent.def, system, messages: convo })
+    : undefined;
+  if (lookup?.hit) {
+    const usage = { inputTokens: 0, outputTokens: 0 };
+    await journal(lookup.hit.response, usage, { hit: true, tokensSaved: lookup.tokensSaved });
+    return { ...lookup.hit.response, usage };
+  }
+
+  // 2. Budget reservation, then 3. shared provider capacity (waits, bounded).
+  const estimate = cost
+    ? estimateLlmTokens({
+        system,
+        messages: convo,
+        tools: agent.def.tools,
+        ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
+        defaultMaxOutputTokens: cost.defaultMaxOutputTokens,
+      })
+    : undefined;
+  const reservation =
+    cost && estimate
+      ? await cost.budget.reserve({ tenantId: run.tenantId, runId: run.id, stepNo, estimate, signal })
+      : undefined;
+  let permit: ProviderPermit | undefined;
+  let usage: LlmUsage | undefined;
+  let buffer = "";
+  let timer: NodeJS.Timeout | undefined;
+  const flush = () => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+    if (!buffer) return;
+    void publisher.ephemeral("message.delta", { run_id: run.id, step_no: stepNo, text: buffer });
+    buffer = "";
+  };
+  try {
+    permit =
+      cost && estimate
+        ? await cost.limiter.acquire({
+            model: label,
+            tokens: estimate.max,
+            signal,
+            maxWaitMs: Math.max(0, deadline - Date.now()),
+          })
+        : undefined;
+    const maxOutputTokens = reservation?.maxOutputTokens ?? agent.def.maxOutputTokens;
+    const result = await callModel({
+      model: agent.model,
+      system,
+      messages: convo,
+      tools: agent.tools,
+      signal,
+      ...(agent.def.temperature !== undefined ? { temperature: agent.def.temperature } : {}),
+      ...(maxOutputTokens !== undefined ? { maxOutputTokens } : {}),
+      ...(ctx.retry ? { retry: ctx.retry } : {}),
+      ...(permit ? { sleep: limitedRetrySleep(permit) } : {}),
+      onDelta: (text) => {
+        buffer += text;
+        timer ??= setTimeout(flush, ctx.deltaFlushMs);
+      },
+      onRetry: (info) => {
+        flush();
+        ctx.hooks.onModelRetry?.({ status: info.status });
+        if (info.status === 429 && cost) void cost.limiter.cooldown(label, info.delayMs);
+        ctx.logger.warn({ stepNo, ...info }, "model call failed; retrying");
+        void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
+      },
+    });
+    flush();
+    usage = result.usage;
+    await permit?.settle(usage.inputTokens + usage.outputTokens);
+    await journal(result.response, usage);
+    await lookup?.store(result);
     ctx.hooks.onStep?.({
       agent: run.agent,
       kind: "llm",
       ms: Date.now() - startedAt.getTime(),
-      model: modelLabel(agent.def.model),
+      model: label,
       usage,
     });
-    return { ...response, usage };
+    return { ...result.response, usage };
   } catch (err) {
+    if (permit && !usage) await permit.release();
     if (timeout.aborted && !ctx.signal.aborted) {
       fail("wall_time_exceeded", `the run exceeded its wall time of ${agent.def.limits.wallTimeMs} ms`);
     }
     throw err;
   } finally {
     if (timer) clearTimeout(timer);
+    // After the journal write: the budget's Postgres fallback counts journaled usage.
+    if (reservation) await (usage ? reservation.settle(usage) : reservation.release());
+  }
+}
+
+type LlmUsage = { inputTokens: number; outputTokens: number; cachedInputTokens?: number };
+
+/**
+ * The system prompt of one call: the agent's instructions plus, when the
+ * agent recalls long-term memory, the memories nearest to the latest user
+ * message. Recall is a read: the journaled LLM response makes replays
+ * independent of what memory holds later.
+ */
+async function systemPrompt(ctx: RunContext, convo: ModelMessage[], signal: AbortSignal): Promise<string> {
+  const recall = ctx.agent.def.memory?.recall;
+  const memory = ctx.services.memory;
+  if (!recall || !memory) return ctx.agent.def.instructions;
+  const lastUser = [...convo].reverse().find((m) => m.role === "user");
+  const query = lastUser ? contentText(lastUser.content) : "";
+  try {
+    const matches = await recallForPrompt({
+      db: ctx.db,
+      embedder: memory.embedder,
+      tenantId: ctx.run.tenantId,
+      namespace: memoryNamespace(recall.namespace, ctx.run.threadId),
+      query,
+      k: recall.k,
+      signal,
+    });
+    const block = renderRecalled(matches);
+    return block ? `${ctx.agent.def.instructions}\n\n${block}` : ctx.agent.def.instructions;
+  } catch (err) {
+    if (signal.aborted) throw err;
+    // Memory is an aid, not a dependency: answer without it rather than fail.
+    ctx.logger.warn({ err }, "memory recall failed; continuing without recalled memories");
+    return ctx.agent.def.instructions;
   }
 }

@@ -51,7 +51,14 @@ export async function runToolStep(
   const decision = decisionFor(run.resume, stepNo);
   const waitInfo = { step_no: stepNo, tool: call.toolName, tool_call_id: call.toolCallId, args };
 
-  if (journaled?.status === "started" && def.effect === "side-effect" && !decision) {
+  // Only a decision about the unknown outcome itself may re-run a started side effect: the
+  // approval given before it first ran does not cover running it a second time.
+  const resumedWait = run.resume?.wait as { reason?: unknown } | undefined;
+  if (
+    journaled?.status === "started" &&
+    def.effect === "side-effect" &&
+    !(decision && resumedWait?.reason === "unknown_outcome")
+  ) {
     return {
       kind: "wait",
       wait: { reason: "unknown_outcome", ...waitInfo, idempotency_key: idempotencyKey },
@@ -116,20 +123,39 @@ async function execute(
   const startedAt = Date.now();
   const timeout = AbortSignal.timeout(def.timeoutMs);
   const signal = AbortSignal.any([ctx.signal, timeout]);
+  const toolCache = ctx.services.cost?.toolCache;
+  const cached =
+    toolCache && def.effect === "pure" && def.cache
+      ? await toolCache.lookup({
+          tenantId: run.tenantId,
+          toolName: step.toolName,
+          tool: def,
+          args: step.args,
+        })
+      : undefined;
   let outcome: ToolOutcome;
   let error: RunError | undefined;
   let result: unknown;
   try {
-    const value: unknown = await def.run(step.args, {
-      idempotencyKey: step.idempotencyKey,
-      signal,
-      runId: run.id,
-      threadId: run.threadId,
-      tenantId: run.tenantId,
-      toolCallId: step.toolCallId,
-      logger: ctx.logger.child({ stepNo: step.stepNo, tool: step.toolName }),
-    });
-    result = toJson(value);
+    if (cached?.hit) {
+      result = cached.hit.value;
+    } else {
+      const value: unknown = await def.run(step.args, {
+        idempotencyKey: step.idempotencyKey,
+        signal,
+        runId: run.id,
+        threadId: run.threadId,
+        tenantId: run.tenantId,
+        toolCallId: step.toolCallId,
+        logger: ctx.logger.child({ stepNo: step.stepNo, tool: step.toolName }),
+        invalidate: async (tags) => {
+          if (!toolCache) return;
+          await toolCache.invalidate(run.tenantId, typeof tags === "string" ? [tags] : [...tags]);
+        },
+      });
+      result = toJson(value);
+      await cached?.store(result);
+    }
     outcome = { ok: true, value: result };
   } catch (err) {
     // Cancel, lease loss or shutdown: write nothing more; the outcome stays unknown.

@@ -11,6 +11,7 @@ import { finishRun, heartbeat, pruneFinished, releaseRun } from "../state/schedu
 import type { ClaimedRun } from "../state/types.js";
 import type { RetryPolicy } from "./model-call.js";
 import { RunPublisher } from "./publisher.js";
+import type { RunServices } from "./services.js";
 import { executeRun, type LoadedAgent, type RunOutcome } from "./run-loop.js";
 import type { WorkerMetricsHooks } from "../observability/worker-hooks.js";
 
@@ -23,6 +24,8 @@ export interface WorkerDeps {
   retry?: RetryPolicy;
   /** Observability hooks (metrics); each must be cheap and never throw. */
   hooks?: Partial<WorkerMetricsHooks>;
+  /** Budgets, provider limits, caches, memory (each optional). */
+  services?: RunServices;
 }
 
 export interface Worker {
@@ -92,6 +95,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           workerId: id,
           deltaFlushMs: 25,
           hooks: deps.hooks ?? {},
+          services: deps.services ?? {},
           ...(deps.retry ? { retry: deps.retry } : {}),
         });
         await publisher.drain();

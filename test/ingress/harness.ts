@@ -168,10 +168,11 @@ export async function rowCounts(t: TestDb): Promise<Record<string, number>> {
     messages: number;
     keys: number;
     events: number;
+    memories: number;
   }>(
     `SELECT (SELECT count(*) FROM threads) AS threads, (SELECT count(*) FROM runs) AS runs,
             (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM idempotency_keys) AS keys,
-            (SELECT count(*) FROM run_events) AS events`,
+            (SELECT count(*) FROM run_events) AS events, (SELECT count(*) FROM memories) AS memories`,
   );
   return { ...r.rows[0]! };
 }

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { localLexicalEmbedder } from "../../src/agent/embeddings.js";
 import type { RunningIngress } from "../../src/ingress/server.js";
 import { createApiKey, revokeApiKey } from "../../src/state/tenants.js";
 import { call, createHarness, obj, rowCounts, threadAndRun, type Harness } from "./harness.js";
@@ -7,7 +8,7 @@ let h: Harness;
 let api: RunningIngress;
 beforeAll(async () => {
   h = await createHarness();
-  api = await h.start();
+  api = await h.start({ embedder: localLexicalEmbedder() });
 });
 afterAll(async () => {
   await h?.close();
@@ -16,6 +17,9 @@ afterAll(async () => {
 describe("tenant isolation: another tenant's id is a 404 on every endpoint, and nothing changes", () => {
   it("every endpoint", async () => {
     const { threadId, runId } = await threadAndRun(api.url, h.a.key, "secret");
+    const mem = await call(api.url, "PUT", "/v1/memories/ns/k", { key: h.a.key, json: { text: "secret" } });
+    expect(mem.status).toBe(201);
+    const memoryId = obj(mem.body).id as string;
     const before = await rowCounts(h.t);
     const runBefore = obj((await call(api.url, "GET", `/v1/runs/${runId}`, { key: h.a.key })).body);
 
@@ -29,6 +33,11 @@ describe("tenant isolation: another tenant's id is a 404 on every endpoint, and 
       ["GET", `/v1/runs/${runId}/steps`],
       ["POST", `/v1/runs/${runId}/cancel`],
       ["POST", `/v1/runs/${runId}/resume`, { decision: "approve" }],
+      ["GET", `/v1/threads/${threadId}/usage`],
+      ["GET", `/v1/memories/${memoryId}`],
+      ["DELETE", `/v1/memories/${memoryId}`],
+      ["GET", "/v1/memories/ns/k"],
+      ["DELETE", "/v1/memories/ns/k"],
     ];
     for (const [method, path, json] of attempts) {
       for (const headers of [{}, { "idempotency-key": `foreign-${method}-${path}` }] as Record<
@@ -44,6 +53,15 @@ describe("tenant isolation: another tenant's id is a 404 on every endpoint, and 
     }
     expect(await rowCounts(h.t)).toEqual(before);
     expect(obj((await call(api.url, "GET", `/v1/runs/${runId}`, { key: h.a.key })).body)).toEqual(runBefore);
+    // Another tenant's memories are never listed or searched either.
+    const list = await call(api.url, "GET", "/v1/memories?namespace=ns", { key: h.b.key });
+    expect(obj(list.body).data).toEqual([]);
+    const found = await call(api.url, "POST", "/v1/memories/search", {
+      key: h.b.key,
+      json: { namespace: "ns", query: "secret" },
+    });
+    expect(obj(found.body).data).toEqual([]);
+    expect((await call(api.url, "GET", `/v1/memories/${memoryId}`, { key: h.a.key })).status).toBe(200);
     // Foreign and unknown ids are answered identically.
     const unknown = await call(api.url, "GET", "/v1/runs/00000000-0000-4000-8000-000000000000", {
       key: h.b.key,

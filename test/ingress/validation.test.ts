@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { localLexicalEmbedder } from "../../src/agent/embeddings.js";
 import type { RunningIngress } from "../../src/ingress/server.js";
 import { revokeApiKey, createApiKey, updateTenantLimits } from "../../src/state/tenants.js";
 import { call, createHarness, obj, rowCounts, type Harness } from "./harness.js";
@@ -12,7 +13,7 @@ let baseline: Record<string, number>;
 
 beforeAll(async () => {
   h = await createHarness();
-  api = await h.start();
+  api = await h.start({ embedder: localLexicalEmbedder() });
   const th = await call(api.url, "POST", "/v1/threads", { key: h.a.key, json: {} });
   threadId = obj(th.body).id as string;
   const run = await call(api.url, "POST", `/v1/threads/${threadId}/runs`, {
@@ -395,6 +396,93 @@ const cases: Case[] = [
     json: { agent: "echo", input: "x" },
     status: 404,
     code: "not_found",
+  },
+  {
+    name: "memory: text too long",
+    method: "POST",
+    path: () => "/v1/memories",
+    json: { namespace: "n", text: "x".repeat(32 * 1024 + 1) },
+    status: 400,
+    code: "validation_failed",
+    field: "text",
+  },
+  {
+    name: "memory: bad namespace in the path",
+    method: "PUT",
+    path: () => `/v1/memories/${"n".repeat(257)}/k`,
+    json: { text: "t" },
+    status: 400,
+    code: "validation_failed",
+    field: "namespace",
+  },
+  {
+    name: "memory: bad ttl",
+    method: "PUT",
+    path: () => "/v1/memories/n/k",
+    json: { text: "t", ttl_seconds: 0 },
+    status: 400,
+    code: "validation_failed",
+    field: "ttl_seconds",
+  },
+  {
+    name: "memory search: k > 100",
+    method: "POST",
+    path: () => "/v1/memories/search",
+    json: { namespace: "n", query: "q", k: 101 },
+    status: 400,
+    code: "validation_failed",
+    field: "k",
+  },
+  {
+    name: "memory list: no namespace",
+    method: "GET",
+    path: () => "/v1/memories?limit=5",
+    status: 400,
+    code: "validation_failed",
+    field: "query.namespace",
+  },
+  {
+    name: "memory: Idempotency-Key too long",
+    method: "POST",
+    path: () => "/v1/memories",
+    json: { namespace: "n", text: "t" },
+    headers: { "idempotency-key": "k".repeat(256) },
+    status: 400,
+    code: "validation_failed",
+    field: "Idempotency-Key",
+  },
+  {
+    name: "memory: wrong content type",
+    method: "PUT",
+    path: () => "/v1/memories/n/k",
+    raw: "text=t",
+    headers: { "content-type": "text/plain" },
+    status: 415,
+    code: "unsupported_media_type",
+  },
+  {
+    name: "malformed memory id",
+    method: "GET",
+    path: () => "/v1/memories/not-a-uuid",
+    status: 404,
+    code: "not_found",
+  },
+  {
+    name: "usage: bad day",
+    method: "GET",
+    path: () => "/v1/usage?from=2025-02-30",
+    status: 400,
+    code: "validation_failed",
+    field: "query.from",
+  },
+  {
+    name: "cache invalidate: no tags",
+    method: "POST",
+    path: () => "/v1/cache/invalidate",
+    json: { tags: [] },
+    status: 400,
+    code: "validation_failed",
+    field: "tags",
   },
   { name: "unknown route", method: "GET", path: () => "/v1/nothing/here", status: 404, code: "not_found" },
   {

@@ -28,6 +28,7 @@ function ctx(over: Partial<ToolContext> = {}): ToolContext {
     tenantId,
     toolCallId: "call-1",
     logger: silentLogger(),
+    invalidate: async () => {},
     ...over,
   };
 }

@@ -1,22 +1,10 @@
 import type { FastifyInstance } from "fastify";
-import { z } from "zod";
 import { createToolCache, type ToolCache } from "../../cost/cache.js";
-import { CACHE_LIMITS, tagProblem } from "../../cost/cache-config.js";
 import { principalOf, type IngressContext } from "../context.js";
+import { invalidateBody, type InvalidateResultJson } from "../schemas.js";
 import { parseOr400 } from "../validate.js";
 
-const tag = z.string().superRefine((t, c) => {
-  const problem = tagProblem(t);
-  if (problem) c.addIssue({ code: "custom", message: problem });
-});
-
-export const invalidateBody = z.strictObject({
-  tags: z
-    .array(tag)
-    .min(1)
-    .max(CACHE_LIMITS.maxInvalidateTags)
-    .meta({ description: "Cache tags of pure tools to invalidate for the caller's tenant." }),
-});
+export { invalidateBody };
 
 export interface CacheRouteOptions {
   /** Default: a tool cache on `ctx.coord.cache` (the same one workers use). */
@@ -36,7 +24,7 @@ export function cacheRoutes(
 ): void {
   const cache = opts.toolCache ?? createToolCache({ cache: ctx.coord.cache, logger: ctx.logger });
 
-  app.post("/cache/invalidate", async (req) => {
+  app.post("/cache/invalidate", async (req): Promise<InvalidateResultJson> => {
     const { tenantId } = principalOf(req);
     const body = parseOr400(invalidateBody, req.body ?? {}, "body");
     const invalidated = await cache.invalidate(tenantId, body.tags);

@@ -1,9 +1,7 @@
 import type { FastifyInstance } from "fastify";
-import { z } from "zod";
 import { costFn, type PriceTable } from "../../cost/pricing.js";
 import { CapstanError } from "../../errors.js";
 import {
-  isValidDay,
   readBudgetStatus,
   readUsage,
   threadUsage,
@@ -13,20 +11,14 @@ import {
   type UsageTotals,
 } from "../../state/usage.js";
 import { principalOf, type IngressContext } from "../context.js";
+import { usageQuery, type ThreadUsageJson, type UsageReportJson } from "../schemas.js";
 import { parseOr400, pathId } from "../validate.js";
+
+export { usageQuery };
 
 /** Longest `from..to` range, in days (inclusive). */
 export const MAX_USAGE_RANGE_DAYS = 366;
 const DAY_MS = 86_400_000;
-
-const day = z.string().refine(isValidDay, { message: "expected a date YYYY-MM-DD" });
-
-export const usageQuery = z.strictObject({
-  from: day
-    .optional()
-    .meta({ description: "First UTC day, YYYY-MM-DD. Default: the first of `to`'s month." }),
-  to: day.optional().meta({ description: "Last UTC day (inclusive), YYYY-MM-DD. Default: today." }),
-});
 
 export interface UsageRouteOptions {
   /** The price table (`models.prices`): rows and totals then carry `estimated_cost`. */
@@ -101,7 +93,7 @@ export function usageRoutes(
 ): void {
   const cost = costFn(opts.prices);
 
-  app.get("/usage", async (req) => {
+  app.get("/usage", async (req): Promise<UsageReportJson> => {
     const { tenantId } = principalOf(req);
     const range = usageRange(req.query);
     const [report, budget] = await Promise.all([
@@ -123,7 +115,7 @@ export function usageRoutes(
     };
   });
 
-  app.get("/threads/:id/usage", async (req) => {
+  app.get("/threads/:id/usage", async (req): Promise<ThreadUsageJson> => {
     const { tenantId } = principalOf(req);
     const threadId = pathId(req.params, "thread");
     const u = await threadUsage(ctx.db, tenantId, threadId);

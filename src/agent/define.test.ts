@@ -176,6 +176,14 @@ describe("defineAgent()", () => {
       ).message,
     ).toMatch(/limits\.maxStep: unknown limit/);
   });
+
+  it("refuses a context budget too small to hold a summary and a turn", () => {
+    const ctx = (maxTokens: number) => () =>
+      defineAgent({ name: "x", model: "scripted:echo", instructions: "", context: { maxTokens } });
+    expect(configError(ctx(100)).message).toMatch(/context\.maxTokens: must be at least 256 \(got 100\)/);
+    expect(configError(ctx(0)).message).toMatch(/context\.maxTokens: must be a positive integer/);
+    expect(ctx(256)().context).toEqual({ maxTokens: 256 });
+  });
 });
 
 describe("defineConfig()", () => {

@@ -129,6 +129,8 @@ function describe(v: unknown): string {
   return typeof v;
 }
 
+const MIN_CONTEXT_TOKENS = 256;
+
 function positiveInt(where: string, field: string, v: unknown): number {
   if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) {
     fail(where, field, `must be a positive integer (got ${describe(v)})`);
@@ -280,7 +282,12 @@ export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   if (memory !== undefined) agent.memory = normalizeMemory(at, memory);
   if (context !== undefined) {
     if (!isRecord(context)) fail(at, "context", `must be { maxTokens } (got ${describe(context)})`);
-    agent.context = { maxTokens: positiveInt(at, "context.maxTokens", context.maxTokens) };
+    const maxTokens = positiveInt(at, "context.maxTokens", context.maxTokens);
+    // Below this the summary reserve and one turn cannot both fit.
+    if (maxTokens < MIN_CONTEXT_TOKENS) {
+      fail(at, "context.maxTokens", `must be at least ${MIN_CONTEXT_TOKENS} (got ${maxTokens})`);
+    }
+    agent.context = { maxTokens };
   }
   return agent;
 }

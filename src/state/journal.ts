@@ -4,6 +4,7 @@ import { insertEvents } from "./events.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { assertLeaseTx } from "./scheduler.js";
 import { recordUsageTx } from "./usage.js";
+import { saveSummary, type NewThreadSummary } from "./summaries.js";
 import {
   toStep,
   type Effect,
@@ -34,6 +35,11 @@ export interface LlmStepInput {
   response: unknown;
   usage: { inputTokens: number; outputTokens: number; cachedInputTokens?: number };
   startedAt: Date;
+  /**
+   * A summarisation step (bounded context): the summary is saved in the same
+   * transaction as the step, so a crash leaves both or neither.
+   */
+  summary?: NewThreadSummary;
 }
 
 async function fenced<T>(
@@ -95,6 +101,7 @@ export async function appendLlmStep(
         : {}),
       ...(step.cache ? { cacheHit: step.cache.hit, tokensSaved: step.cache.tokensSaved } : {}),
     });
+    if (step.summary) await saveSummary(q, step.summary);
     return insertEvents(q, lease.runId, events);
   });
 }

@@ -41,11 +41,19 @@ function toSummary(r: Record<string, unknown>): ThreadSummary {
   };
 }
 
-/** The summary covering the most of the thread, or null when it has none. */
-export async function latestSummary(q: Queryable, threadId: string): Promise<ThreadSummary | null> {
+/**
+ * The summary covering the most of the thread (or of its messages up to
+ * `uptoSeq`: a run only ever looks at history up to its input), or null.
+ */
+export async function latestSummary(
+  q: Queryable,
+  threadId: string,
+  uptoSeq?: number,
+): Promise<ThreadSummary | null> {
   const r = await q.query(
-    "SELECT * FROM thread_summaries WHERE thread_id = $1 ORDER BY to_seq DESC LIMIT 1",
-    [threadId],
+    `SELECT * FROM thread_summaries WHERE thread_id = $1 AND ($2::bigint IS NULL OR to_seq <= $2)
+     ORDER BY to_seq DESC LIMIT 1`,
+    [threadId, uptoSeq ?? null],
   );
   return r.rows[0] ? toSummary(r.rows[0]) : null;
 }

@@ -81,10 +81,16 @@ export async function listMessages(
 }
 
 /** Every message of a thread in order (the worker's view; no tenant check). */
-export async function readHistory(q: Queryable, threadId: string, uptoSeq?: number): Promise<Message[]> {
+export async function readHistory(
+  q: Queryable,
+  threadId: string,
+  uptoSeq?: number,
+  afterSeq?: number,
+): Promise<Message[]> {
   const r = await q.query(
-    "SELECT * FROM messages WHERE thread_id = $1 AND ($2::bigint IS NULL OR seq <= $2) ORDER BY seq",
-    [threadId, uptoSeq ?? null],
+    `SELECT * FROM messages WHERE thread_id = $1 AND ($2::bigint IS NULL OR seq <= $2)
+       AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq`,
+    [threadId, uptoSeq ?? null, afterSeq ?? null],
   );
   return r.rows.map(toMessage);
 }

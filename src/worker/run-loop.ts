@@ -6,11 +6,12 @@ import type { Db } from "../state/db.js";
 import { appendEvents, appendLlmStep, readJournal } from "../state/journal.js";
 import { finishRun, releaseRun, suspendRun } from "../state/scheduler.js";
 import { readHistory } from "../state/threads.js";
+import { latestSummary } from "../state/summaries.js";
+import { boundHistory, isSummaryStep, type BoundedHistory } from "./context-step.js";
 import type { ClaimedRun, NewMessage, RunError, Step } from "../state/types.js";
 import { assistantMessage, historyToModelMessages, toolMessage, type LlmResponse } from "./messages.js";
-import { callModel, ModelError, type RetryPolicy } from "./model-call.js";
-import { estimateLlmTokens } from "../cost/estimate.js";
-import { limitedRetrySleep, type ProviderPermit } from "../cost/provider-limits.js";
+import { ModelError, type RetryPolicy } from "./model-call.js";
+import { meteredCall } from "./metered-call.js";
 import { contentText } from "../agent/context.js";
 import { recallForPrompt, renderRecalled } from "../agent/memory-tools.js";
 import { memoryNamespace } from "../agent/memory-namespace.js";
@@ -66,10 +67,14 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
   const { db, run, publisher } = ctx;
   const lease = run.lease;
   try {
+    const upto = run.inputSeq ?? undefined;
+    // With bounded context, history before the latest summary is never read.
+    const summary = ctx.agent.def.context ? await latestSummary(db, run.threadId, upto) : null;
     const [history, steps] = await Promise.all([
-      readHistory(db, run.threadId, run.inputSeq ?? undefined),
+      readHistory(db, run.threadId, upto, summary?.toSeq),
       readJournal(db, run.id),
     ]);
+    const context: BoundedHistory | null = ctx.agent.def.context ? { history, summary } : null;
     const journal = new Map<number, Step>(steps.map((s) => [s.stepNo, s]));
     await publisher.coarse(
       await appendEvents(db, lease, [
@@ -77,7 +82,9 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
       ]),
     );
 
-    const convo: ModelMessage[] = historyToModelMessages(history);
+    const base: ModelMessage[] = context ? [] : historyToModelMessages(history);
+    /** Messages this run produced (assistant turns and tool results), in order. */
+    const own: ModelMessage[] = [];
     const produced: NewMessage[] = [];
     const usage = { ...run.usage };
     const limits = ctx.agent.def.limits;
@@ -88,6 +95,11 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
     for (;;) {
       let response: LlmResponse;
       const journaled = journal.get(stepNo);
+      if (isSummaryStep(journaled)) {
+        // Its summary was saved with it and is already in `context`.
+        stepNo++;
+        continue;
+      }
       if (journaled?.kind === "llm") {
         response = journaled.output as LlmResponse;
       } else {
@@ -102,13 +114,27 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
         }
         if (Date.now() >= deadline)
           fail("wall_time_exceeded", `the run exceeded its wall time of ${limits.wallTimeMs} ms`);
-        const r = await llmStep(ctx, stepNo, convo, deadline);
+        let prompt: ModelMessage[] = [...base, ...own];
+        let preamble: string | null = null;
+        if (context) {
+          const b = await withWallTime(ctx, deadline, (signal) =>
+            boundHistory(ctx, context, { stepNo, runMessages: own, deadline, signal }),
+          );
+          stepNo = b.stepNo;
+          usage.inputTokens += b.usage.inputTokens;
+          usage.outputTokens += b.usage.outputTokens;
+          if (stepNo >= limits.maxSteps)
+            fail("max_steps_exceeded", `the run reached its limit of ${limits.maxSteps} steps`);
+          prompt = [...historyToModelMessages(b.messages), ...own];
+          preamble = b.preamble;
+        }
+        const r = await llmStep(ctx, stepNo, prompt, deadline, preamble);
         response = r;
         usage.inputTokens += r.usage.inputTokens;
         usage.outputTokens += r.usage.outputTokens;
       }
       const assistant = assistantMessage(response);
-      convo.push(assistant);
+      own.push(assistant);
       produced.push({ role: "assistant", content: assistant.content });
       stepNo++;
 
@@ -143,7 +169,7 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
           };
         }),
       );
-      convo.push(tm);
+      own.push(tm);
       produced.push({ role: "tool", content: tm.content });
       stepNo += response.toolCalls.length;
     }
@@ -154,6 +180,23 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
 
 function fail(code: string, message: string): never {
   throw new RunFailure({ code, message });
+}
+
+/** Runs `fn` with a signal that also aborts at the run's wall-time deadline, reported as such. */
+async function withWallTime<T>(
+  ctx: RunContext,
+  deadline: number,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const timeout = AbortSignal.timeout(Math.max(1, deadline - Date.now()));
+  try {
+    return await fn(AbortSignal.any([ctx.signal, timeout]));
+  } catch (err) {
+    if (timeout.aborted && !ctx.signal.aborted) {
+      fail("wall_time_exceeded", `the run exceeded its wall time of ${ctx.agent.def.limits.wallTimeMs} ms`);
+    }
+    throw err;
+  }
 }
 
 async function handOff(ctx: RunContext): Promise<RunOutcome> {
@@ -216,6 +259,7 @@ async function llmStep(
   stepNo: number,
   convo: ModelMessage[],
   deadline: number,
+  preamble: string | null,
 ): Promise<LlmResponse & { usage: LlmUsage }> {
   const { run, publisher, agent } = ctx;
   const cost = ctx.services.cost;
@@ -223,7 +267,8 @@ async function llmStep(
   const startedAt = new Date();
   const timeout = AbortSignal.timeout(Math.max(1, deadline - Date.now()));
   const signal = AbortSignal.any([ctx.signal, timeout]);
-  const system = await systemPrompt(ctx, convo, signal);
+  const recalled = await systemPrompt(ctx, convo, signal);
+  const system = preamble ? `${recalled}\n\n${preamble}` : recalled;
   const journal = async (
     response: LlmResponse,
     usage: LlmUsage,
@@ -283,22 +328,7 @@ async function llmStep(
     return { ...lookup.hit.response, usage };
   }
 
-  // 2. Budget reservation, then 3. shared provider capacity (waits, bounded).
-  const estimate = cost
-    ? estimateLlmTokens({
-        system,
-        messages: convo,
-        tools: agent.def.tools,
-        ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
-        defaultMaxOutputTokens: cost.defaultMaxOutputTokens,
-      })
-    : undefined;
-  const reservation =
-    cost && estimate
-      ? await cost.budget.reserve({ tenantId: run.tenantId, runId: run.id, stepNo, estimate, signal })
-      : undefined;
-  let permit: ProviderPermit | undefined;
-  let usage: LlmUsage | undefined;
+  // 2. Budget, provider capacity and the call itself (src/worker/metered-call.ts).
   let buffer = "";
   let timer: NodeJS.Timeout | undefined;
   const flush = () => {
@@ -309,61 +339,44 @@ async function llmStep(
     buffer = "";
   };
   try {
-    permit =
-      cost && estimate
-        ? await cost.limiter.acquire({
-            model: label,
-            tokens: estimate.max,
-            signal,
-            maxWaitMs: Math.max(0, deadline - Date.now()),
-          })
-        : undefined;
-    const maxOutputTokens = reservation?.maxOutputTokens ?? agent.def.maxOutputTokens;
-    const result = await callModel({
-      model: agent.model,
+    const result = await meteredCall(ctx, {
+      stepNo,
       system,
       messages: convo,
       tools: agent.tools,
+      estimableTools: agent.def.tools,
+      ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
+      deadline,
       signal,
-      ...(agent.def.temperature !== undefined ? { temperature: agent.def.temperature } : {}),
-      ...(maxOutputTokens !== undefined ? { maxOutputTokens } : {}),
-      ...(ctx.retry ? { retry: ctx.retry } : {}),
-      ...(permit ? { sleep: limitedRetrySleep(permit) } : {}),
       onDelta: (text) => {
         buffer += text;
         timer ??= setTimeout(flush, ctx.deltaFlushMs);
       },
       onRetry: (info) => {
         flush();
-        ctx.hooks.onModelRetry?.({ status: info.status });
-        if (info.status === 429 && cost) void cost.limiter.cooldown(label, info.delayMs);
-        ctx.logger.warn({ stepNo, ...info }, "model call failed; retrying");
         void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
       },
+      commit: async (r) => {
+        flush();
+        await journal(r.response, r.usage);
+      },
     });
-    flush();
-    usage = result.usage;
-    await permit?.settle(usage.inputTokens + usage.outputTokens);
-    await journal(result.response, usage);
     await lookup?.store(result);
     ctx.hooks.onStep?.({
       agent: run.agent,
       kind: "llm",
       ms: Date.now() - startedAt.getTime(),
       model: label,
-      usage,
+      usage: result.usage,
     });
-    return { ...result.response, usage };
+    return { ...result.response, usage: result.usage };
   } catch (err) {
-    if (permit && !usage) await permit.release();
     if (timeout.aborted && !ctx.signal.aborted) {
       fail("wall_time_exceeded", `the run exceeded its wall time of ${agent.def.limits.wallTimeMs} ms`);
     }
     throw err;
   } finally {
     if (timer) clearTimeout(timer);
-    // After the journal write: the budget's Postgres fallback counts journaled usage.
-    if (reservation) await (usage ? reservation.settle(usage) : reservation.release());
   }
 }
 

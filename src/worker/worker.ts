@@ -8,6 +8,7 @@ import { CHANNELS } from "../state/channels.js";
 import { createClaimer, type Claimer } from "../state/claimer.js";
 import type { Db, Unlisten } from "../state/db.js";
 import { finishRun, heartbeat, pruneFinished, releaseRun } from "../state/scheduler.js";
+import { expireMemories } from "../state/memories.js";
 import type { ClaimedRun } from "../state/types.js";
 import type { RetryPolicy } from "./model-call.js";
 import { RunPublisher } from "./publisher.js";
@@ -26,6 +27,12 @@ export interface WorkerDeps {
   hooks?: Partial<WorkerMetricsHooks>;
   /** Budgets, provider limits, caches, memory (each optional). */
   services?: RunServices;
+  /**
+   * Wraps the whole execution of each claimed run (tracing: binds the run so
+   * hooks called anywhere in its async work find its span). Must call `fn`
+   * once and return its promise unchanged.
+   */
+  runScope?: <T>(run: ClaimedRun, fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface Worker {
@@ -66,7 +73,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     const runLogger = logger.child({ runId: run.id, tenantId: run.tenantId, attempt: run.attempts });
     const started = Date.now();
     deps.hooks?.onClaim?.(run);
-    const done = (async () => {
+    const execute = async (): Promise<void> => {
       let outcome: RunOutcome = "aborted";
       try {
         const agent = deps.agents.get(run.agent);
@@ -107,7 +114,8 @@ export function createWorker(deps: WorkerDeps): Worker {
         runLogger.info({ outcome, ms: Date.now() - started }, "run left the worker");
         claimer?.poke();
       }
-    })();
+    };
+    const done = deps.runScope ? deps.runScope(run, execute) : execute();
     active.set(run.id, { run, controller, done });
   }
 
@@ -164,6 +172,9 @@ export function createWorker(deps: WorkerDeps): Worker {
             idempotencyKeysOlderThanMs: settings.retention.idempotencyKeysMs,
           })
             .then((r) => (r.runs || r.idempotencyKeys ? logger.info(r, "pruned finished runs") : undefined))
+            // Expired memories are already invisible to reads; this frees their rows (bounded batches).
+            .then(() => expireMemories(db))
+            .then((n) => (n ? logger.info({ memories: n }, "deleted expired memories") : undefined))
             .catch((err: unknown) => logger.warn({ err }, "retention sweep failed"))
             .finally(sweep);
         }, settings.retention.sweepIntervalMs);

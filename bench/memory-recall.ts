@@ -2,7 +2,7 @@
  * Memory recall latency with 100,000 memories (issue 9). Not a test: it
  * reports, it asserts nothing.
  *
- *   DATABASE_URL=postgres://… node --import tsx bench/memory-recall.ts
+ *   npm run bench:memory   # DATABASE_URL, or a database capstan_bench_memory on BENCH_ADMIN_URL
  *   BENCH_PGLITE=1 node --import tsx bench/memory-recall.ts   # embedded PGlite + pgvector
  *
  * Migrates the database (as Capstan's start does), creates a throwaway
@@ -19,6 +19,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
+import pg from "pg";
 import { localLexicalEmbedder } from "../src/agent/embeddings.js";
 import { createLogger } from "../src/logger.js";
 import { createPgDb, type Db, type Queryable } from "../src/state/db.js";
@@ -122,13 +123,28 @@ async function openDb(): Promise<{ db: Db; target: string }> {
     };
     return { db, target: "pglite (memory://) + @electric-sql/pglite-pgvector" };
   }
-  const url = process.env.DATABASE_URL;
-  if (!url) throw new Error("set DATABASE_URL (or BENCH_PGLITE=1)");
+  const url = process.env.DATABASE_URL ?? (await benchDatabase());
   const u = new URL(url);
   return {
     db: createPgDb({ url, poolSize: CONCURRENCY + 2, logger, statementTimeoutMs: 600_000 }),
     target: `postgres ${u.host}${u.pathname}`,
   };
+}
+
+/** Without DATABASE_URL: the database `capstan_bench_memory` on the machine's PostgreSQL, created if missing. */
+async function benchDatabase(): Promise<string> {
+  const admin = process.env.BENCH_ADMIN_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+  const client = new pg.Client({ connectionString: admin });
+  await client.connect();
+  try {
+    const exists = await client.query("SELECT 1 FROM pg_database WHERE datname = 'capstan_bench_memory'");
+    if (exists.rowCount === 0) await client.query("CREATE DATABASE capstan_bench_memory");
+  } finally {
+    await client.end();
+  }
+  const u = new URL(admin);
+  u.pathname = "/capstan_bench_memory";
+  return u.toString();
 }
 
 async function insert(

@@ -454,7 +454,7 @@ export async function isOverBudget(
   tenantId: string,
   at: number = Date.now(),
 ): Promise<BudgetVerdict> {
-  const s = await readBudgetStatus(q, tenantId, utcDay(at));
+  const s = await readBudgetStatus(q, tenantId, utcDay(at), { onlyIfBudgeted: true });
   if (!s) return { over: false };
   for (const p of periodsOf(tenantId, s, at)) {
     const used = usedOf(s, p);

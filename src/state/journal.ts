@@ -1,9 +1,8 @@
 import { CapstanError } from "../errors.js";
 import type { Db, Queryable } from "./db.js";
-import { insertEvents } from "./events.js";
+import { fencedWrite } from "./fenced-write.js";
 import { isUniqueViolation } from "./pg-errors.js";
-import { assertLeaseTx } from "./scheduler.js";
-import { recordUsageTx } from "./usage.js";
+import { USAGE_ON_CONFLICT, usageValues } from "./usage.js";
 import { saveSummary, type NewThreadSummary } from "./summaries.js";
 import {
   toStep,
@@ -18,9 +17,10 @@ import {
 /**
  * The step journal. A run is the sequence of steps (run_id, step_no); the
  * worker rebuilds its loop from this on resume. Every write is fenced: it
- * runs in a transaction that first locks the run row at the caller's epoch
- * (`assertLeaseTx`), so a worker that lost its lease writes nothing, and a
- * write that commits is never silently lost to a concurrent reclaim.
+ * is one statement that first locks the run row at the caller's epoch
+ * (src/state/fenced-write.ts), so a worker that lost its lease writes
+ * nothing, and a write that commits is never silently lost to a concurrent
+ * reclaim.
  */
 
 export interface LlmStepInput {
@@ -42,20 +42,11 @@ export interface LlmStepInput {
   summary?: NewThreadSummary;
 }
 
-async function fenced<T>(
-  db: Db,
-  lease: Lease,
-  fn: (q: Queryable, attempt: number, tenantId: string) => Promise<T>,
-): Promise<T> {
-  return db.tx(async (q) => {
-    const run = await assertLeaseTx(q, lease);
-    return fn(q, run.attempts, run.tenantId);
-  });
-}
-
 /**
  * Journal a completed LLM call with its token usage (added to the run's
- * totals) and persist coarse events in the same transaction.
+ * totals and the tenant's daily rollup) and persist coarse events, in one
+ * fenced statement (src/state/fenced-write.ts). A summarisation step also
+ * saves its summary, in the same transaction.
  */
 export async function appendLlmStep(
   db: Db,
@@ -63,47 +54,70 @@ export async function appendLlmStep(
   step: LlmStepInput,
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
-  return fenced(db, lease, async (q, attempt, tenantId) => {
-    try {
-      await q.query(
-        `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, input, output,
-                            input_tokens, output_tokens, cached_input_tokens, started_at, finished_at)
-         VALUES ($1, $2, 'llm', 'completed', $3, $4, $5, $6, $7, $8, $9, $10, now())`,
-        [
-          lease.runId,
-          step.stepNo,
-          attempt,
-          lease.epoch,
-          JSON.stringify(step.request ?? null),
-          JSON.stringify(step.response),
-          step.usage.inputTokens,
-          step.usage.outputTokens,
-          step.usage.cachedInputTokens ?? null,
-          step.startedAt,
-        ],
-      );
-    } catch (err) {
-      if (isUniqueViolation(err)) throw journalConflict(lease, step.stepNo);
-      throw err;
-    }
-    await q.query(
-      `UPDATE runs SET input_tokens = input_tokens + $2, output_tokens = output_tokens + $3,
-         cached_input_tokens = cached_input_tokens + $4 WHERE id = $1`,
-      [lease.runId, step.usage.inputTokens, step.usage.outputTokens, step.usage.cachedInputTokens ?? 0],
-    );
-    await recordUsageTx(q, {
-      tenantId,
-      model: step.model ?? "unknown",
-      inputTokens: step.usage.inputTokens,
-      outputTokens: step.usage.outputTokens,
-      ...(step.usage.cachedInputTokens !== undefined
-        ? { cachedInputTokens: step.usage.cachedInputTokens }
-        : {}),
-      ...(step.cache ? { cacheHit: step.cache.hit, tokensSaved: step.cache.tokensSaved } : {}),
-    });
-    if (step.summary) await saveSummary(q, step.summary);
-    return insertEvents(q, lease.runId, events);
+  const usage = usageValues({
+    model: step.model ?? "unknown",
+    inputTokens: step.usage.inputTokens,
+    outputTokens: step.usage.outputTokens,
+    ...(step.usage.cachedInputTokens !== undefined
+      ? { cachedInputTokens: step.usage.cachedInputTokens }
+      : {}),
+    ...(step.cache ? { cacheHit: step.cache.hit, tokensSaved: step.cache.tokensSaved } : {}),
   });
+  const write = (q: Queryable) =>
+    fencedWrite(q, lease, {
+      step: `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, input, output, input_tokens,
+                                output_tokens, cached_input_tokens, started_at, finished_at)
+             SELECT $1, $6, 'llm', 'completed', r.attempts, $2, $7, $8, $9, $10, $11, $12, now() FROM r
+             RETURNING run_id`,
+      runSet: `input_tokens = input_tokens + $9, output_tokens = output_tokens + $10,
+               cached_input_tokens = cached_input_tokens + coalesce($11, 0)`,
+      extra: `u AS (
+        INSERT INTO usage_daily AS u (tenant_id, day, model, input_tokens, output_tokens, cached_input_tokens,
+                                      llm_calls, cache_hits, tokens_saved)
+        SELECT b.tenant_id, (now() AT TIME ZONE 'UTC')::date, $13, $14, $15, $16, $17, $18, $19 FROM b
+        ${USAGE_ON_CONFLICT}
+      )`,
+      params: [
+        step.stepNo,
+        JSON.stringify(requestSummary(step)),
+        JSON.stringify(step.response),
+        step.usage.inputTokens,
+        step.usage.outputTokens,
+        step.usage.cachedInputTokens ?? null,
+        step.startedAt,
+        step.model ?? "unknown",
+        ...usage,
+      ],
+      events,
+    });
+  try {
+    if (!step.summary) return (await write(db)).events;
+    const summary = step.summary;
+    return await db.tx(async (q) => {
+      const r = await write(q);
+      await saveSummary(q, summary);
+      return r.events;
+    });
+  } catch (err) {
+    if (isUniqueViolation(err)) throw journalConflict(lease, step.stepNo);
+    throw err;
+  }
+}
+
+/**
+ * The stored request summary of an LLM step: the caller's summary plus the
+ * model and, for a response-cache hit, `cache: "hit"` and `tokens_saved`, so
+ * the steps API can show them (the steps table has no columns for them).
+ * A summary that is not an object is stored as given.
+ */
+function requestSummary(step: LlmStepInput): unknown {
+  const req = step.request ?? {};
+  if (typeof req !== "object" || req === null || Array.isArray(req)) return req;
+  return {
+    ...req,
+    ...(step.model ? { model: step.model } : {}),
+    ...(step.cache?.hit ? { cache: "hit", tokens_saved: step.cache.tokensSaved } : {}),
+  };
 }
 
 export interface ToolIntentInput {
@@ -126,30 +140,26 @@ export async function recordToolIntent(
   intent: ToolIntentInput,
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
-  return fenced(db, lease, async (q, attempt) => {
-    const r = await q.query(
-      `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, tool_name, tool_call_id, effect,
-                          idempotency_key, input)
-       VALUES ($1, $2, 'tool', 'started', $3, $4, $5, $6, $7, $8, $9)
-       ON CONFLICT (run_id, step_no) DO UPDATE SET attempt = EXCLUDED.attempt, epoch = EXCLUDED.epoch,
-         started_at = now()
-       WHERE steps.status = 'started' AND steps.kind = 'tool'
-       RETURNING step_no`,
-      [
-        lease.runId,
-        intent.stepNo,
-        attempt,
-        lease.epoch,
-        intent.toolName,
-        intent.toolCallId,
-        intent.effect,
-        intent.idempotencyKey,
-        JSON.stringify(intent.args ?? null),
-      ],
-    );
-    if (r.rows.length === 0) throw journalConflict(lease, intent.stepNo);
-    return insertEvents(q, lease.runId, events);
+  const r = await fencedWrite(db, lease, {
+    step: `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, tool_name, tool_call_id, effect,
+                              idempotency_key, input)
+           SELECT $1, $6, 'tool', 'started', r.attempts, $2, $7, $8, $9, $10, $11 FROM r
+           ON CONFLICT (run_id, step_no) DO UPDATE SET attempt = EXCLUDED.attempt, epoch = EXCLUDED.epoch,
+             started_at = now()
+           WHERE steps.status = 'started' AND steps.kind = 'tool'
+           RETURNING run_id`,
+    params: [
+      intent.stepNo,
+      intent.toolName,
+      intent.toolCallId,
+      intent.effect,
+      intent.idempotencyKey,
+      JSON.stringify(intent.args ?? null),
+    ],
+    events,
   });
+  if (!r.written) throw journalConflict(lease, intent.stepNo);
+  return r.events;
 }
 
 export interface ToolOutcomeInput {
@@ -166,23 +176,20 @@ export async function recordToolOutcome(
   outcome: ToolOutcomeInput,
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
-  return fenced(db, lease, async (q) => {
-    const r = await q.query(
-      `UPDATE steps SET status = $3, output = $4, error = $5, epoch = $6, finished_at = now()
-       WHERE run_id = $1 AND step_no = $2 AND kind = 'tool' AND status = 'started'
-       RETURNING step_no`,
-      [
-        lease.runId,
-        outcome.stepNo,
-        outcome.status,
-        JSON.stringify(outcome.result ?? null),
-        outcome.error ?? null,
-        lease.epoch,
-      ],
-    );
-    if (r.rows.length === 0) throw journalConflict(lease, outcome.stepNo);
-    return insertEvents(q, lease.runId, events);
+  const r = await fencedWrite(db, lease, {
+    step: `UPDATE steps SET status = $7, output = $8, error = $9, epoch = $2, finished_at = now()
+           WHERE run_id = (SELECT $1::uuid FROM r) AND step_no = $6 AND kind = 'tool' AND status = 'started'
+           RETURNING run_id`,
+    params: [
+      outcome.stepNo,
+      outcome.status,
+      JSON.stringify(outcome.result ?? null),
+      outcome.error ? JSON.stringify(outcome.error) : null,
+    ],
+    events,
   });
+  if (!r.written) throw journalConflict(lease, outcome.stepNo);
+  return r.events;
 }
 
 /**
@@ -195,39 +202,36 @@ export async function appendPureToolStep(
   step: ToolIntentInput & ToolOutcomeInput & { startedAt: Date },
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
-  return fenced(db, lease, async (q, attempt) => {
-    try {
-      await q.query(
-        `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, tool_name, tool_call_id, effect,
-                            idempotency_key, input, output, error, started_at, finished_at)
-         VALUES ($1, $2, 'tool', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())`,
-        [
-          lease.runId,
-          step.stepNo,
-          step.status,
-          attempt,
-          lease.epoch,
-          step.toolName,
-          step.toolCallId,
-          step.effect,
-          step.idempotencyKey,
-          JSON.stringify(step.args ?? null),
-          JSON.stringify(step.result ?? null),
-          step.error ?? null,
-          step.startedAt,
-        ],
-      );
-    } catch (err) {
-      if (isUniqueViolation(err)) throw journalConflict(lease, step.stepNo);
-      throw err;
-    }
-    return insertEvents(q, lease.runId, events);
-  });
+  try {
+    const r = await fencedWrite(db, lease, {
+      step: `INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch, tool_name, tool_call_id, effect,
+                                idempotency_key, input, output, error, started_at, finished_at)
+             SELECT $1, $6, 'tool', $7, r.attempts, $2, $8, $9, $10, $11, $12, $13, $14, $15, now() FROM r
+             RETURNING run_id`,
+      params: [
+        step.stepNo,
+        step.status,
+        step.toolName,
+        step.toolCallId,
+        step.effect,
+        step.idempotencyKey,
+        JSON.stringify(step.args ?? null),
+        JSON.stringify(step.result ?? null),
+        step.error ? JSON.stringify(step.error) : null,
+        step.startedAt,
+      ],
+      events,
+    });
+    return r.events;
+  } catch (err) {
+    if (isUniqueViolation(err)) throw journalConflict(lease, step.stepNo);
+    throw err;
+  }
 }
 
 /** Persist coarse events outside any step write (e.g. run.started), fenced. */
 export async function appendEvents(db: Db, lease: Lease, events: NewEvent[]): Promise<RunEvent[]> {
-  return fenced(db, lease, (q) => insertEvents(q, lease.runId, events));
+  return (await fencedWrite(db, lease, { params: [], events })).events;
 }
 
 /** A run's journal in step order. */

@@ -60,6 +60,31 @@ export interface UsageDelta {
  * order is run row, then rollup row, and nothing locks them the other way.
  */
 export async function recordUsageTx(q: Queryable, u: UsageDelta): Promise<void> {
+  const v = usageValues(u);
+  await q.query(
+    `INSERT INTO usage_daily AS u (tenant_id, day, model, input_tokens, output_tokens, cached_input_tokens,
+                                   llm_calls, cache_hits, tokens_saved)
+     VALUES ($1, coalesce($2::date, (now() AT TIME ZONE 'UTC')::date), $3, $4, $5, $6, $7, $8, $9)
+     ${USAGE_ON_CONFLICT}`,
+    [u.tenantId, u.day ?? null, u.model, ...v],
+  );
+}
+
+/** The upsert's conflict clause: adds a step's counts to the day's row (table alias `u`). */
+export const USAGE_ON_CONFLICT = `ON CONFLICT (tenant_id, day, model) DO UPDATE SET
+       input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+       output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+       cached_input_tokens = u.cached_input_tokens + EXCLUDED.cached_input_tokens,
+       llm_calls = u.llm_calls + EXCLUDED.llm_calls,
+       cache_hits = u.cache_hits + EXCLUDED.cache_hits,
+       tokens_saved = u.tokens_saved + EXCLUDED.tokens_saved,
+       updated_at = now()`;
+
+/**
+ * A usage delta's validated columns, in order: input, output and cached
+ * input tokens, LLM calls, cache hits, tokens saved.
+ */
+export function usageValues(u: Omit<UsageDelta, "tenantId">): number[] {
   const input = tokenCount("inputTokens", u.inputTokens);
   const output = tokenCount("outputTokens", u.outputTokens);
   const cached = tokenCount("cachedInputTokens", u.cachedInputTokens);
@@ -69,20 +94,7 @@ export async function recordUsageTx(q: Queryable, u: UsageDelta): Promise<void> 
   }
   if (u.day !== undefined && !isValidDay(u.day)) throw internal(`usage: day ${u.day} is not YYYY-MM-DD`);
   const hit = u.cacheHit === true;
-  await q.query(
-    `INSERT INTO usage_daily AS u (tenant_id, day, model, input_tokens, output_tokens, cached_input_tokens,
-                                   llm_calls, cache_hits, tokens_saved)
-     VALUES ($1, coalesce($2::date, (now() AT TIME ZONE 'UTC')::date), $3, $4, $5, $6, $7, $8, $9)
-     ON CONFLICT (tenant_id, day, model) DO UPDATE SET
-       input_tokens = u.input_tokens + EXCLUDED.input_tokens,
-       output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-       cached_input_tokens = u.cached_input_tokens + EXCLUDED.cached_input_tokens,
-       llm_calls = u.llm_calls + EXCLUDED.llm_calls,
-       cache_hits = u.cache_hits + EXCLUDED.cache_hits,
-       tokens_saved = u.tokens_saved + EXCLUDED.tokens_saved,
-       updated_at = now()`,
-    [u.tenantId, u.day ?? null, u.model, input, output, cached, hit ? 0 : 1, hit ? 1 : 0, saved],
-  );
+  return [input, output, cached, hit ? 0 : 1, hit ? 1 : 0, saved];
 }
 
 export interface UsageCounts {
@@ -293,8 +305,12 @@ export async function readBudgetStatus(
   q: Queryable,
   tenantId: string,
   day: string = utcDay(),
+  opts: { onlyIfBudgeted?: boolean } = {},
 ): Promise<BudgetStatus | null> {
   if (!isValidDay(day)) throw internal(`readBudgetStatus: day ${day} is not YYYY-MM-DD`);
+  // With onlyIfBudgeted, a tenant without budgets skips the month's rollup
+  // (the lateral subquery's outer-only condition becomes a one-time filter):
+  // the enqueue path asks this for every run.
   const r = await q.query<{
     daily_token_budget: number | null;
     monthly_token_budget: number | null;
@@ -302,14 +318,17 @@ export async function readBudgetStatus(
     month_used: number;
   }>(
     `SELECT t.daily_token_budget, t.monthly_token_budget,
-            coalesce(sum(u.input_tokens + u.output_tokens) FILTER (WHERE u.day = $2::date), 0)::bigint AS day_used,
-            coalesce(sum(u.input_tokens + u.output_tokens), 0)::bigint AS month_used
+            coalesce(x.day_used, 0)::bigint AS day_used, coalesce(x.month_used, 0)::bigint AS month_used
      FROM tenants t
-     LEFT JOIN usage_daily u
-       ON u.tenant_id = t.id AND u.day BETWEEN date_trunc('month', $2::date)::date AND $2::date
-     WHERE t.id = $1
-     GROUP BY t.id`,
-    [tenantId, day],
+     LEFT JOIN LATERAL (
+       SELECT sum(u.input_tokens + u.output_tokens) FILTER (WHERE u.day = $2::date) AS day_used,
+              sum(u.input_tokens + u.output_tokens) AS month_used
+       FROM usage_daily u
+       WHERE u.tenant_id = t.id AND u.day BETWEEN date_trunc('month', $2::date)::date AND $2::date
+         AND (NOT $3::boolean OR t.daily_token_budget IS NOT NULL OR t.monthly_token_budget IS NOT NULL)
+     ) x ON true
+     WHERE t.id = $1`,
+    [tenantId, day, opts.onlyIfBudgeted === true],
   );
   const row = r.rows[0];
   if (!row) return null;

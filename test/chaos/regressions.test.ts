@@ -148,7 +148,7 @@ describe("chaos regressions", () => {
         () => "ok",
         (err: unknown) => (err instanceof Error ? err.message : String(err)),
       );
-      await waiting("INSERT INTO steps%");
+      await waiting("WITH r AS%INSERT INTO steps%");
       // A second message on the thread: locks the thread, waits for the run row.
       const th = await getRun(db, tenantId, run.id);
       const enqueue = enqueueRun(db, {

@@ -29,7 +29,14 @@ export interface Run {
   multitask: Multitask;
   metadata: Record<string, unknown>;
   attempts: number;
-  usage: { input_tokens: number; output_tokens: number };
+  usage: {
+    input_tokens: number;
+    output_tokens: number;
+    /** Input tokens the provider served from its prompt cache (a subset of input_tokens). */
+    cached_input_tokens: number;
+    /** Under the server's price table (GET /v1/runs/:id and /wait); null when a model has no price. */
+    estimated_cost?: number | null | undefined;
+  };
   error: RunError | null;
   wait: Record<string, unknown> | null;
   created_at: string;
@@ -62,6 +69,10 @@ export interface Step {
   result: unknown;
   error: RunError | null;
   usage: { input_tokens: number; output_tokens: number; cached_input_tokens: number | null } | null;
+  /** `provider:model` of an LLM step; null for tools. */
+  model: string | null;
+  /** LLM steps: whether the response cache answered, and the tokens that saved; null for tools. */
+  cache: { hit: boolean; tokens_saved: number } | null;
   started_at: string;
   finished_at: string | null;
 }

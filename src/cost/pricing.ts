@@ -14,6 +14,7 @@
  * no price (its cost is null, never a guess).
  */
 import { z } from "zod";
+import type { Queryable } from "../state/db.js";
 import { roundCost, type CostFn, type UsageCounts } from "../state/usage.js";
 
 const price = z.number().nonnegative().max(1_000_000);
@@ -61,4 +62,33 @@ export function estimateCost(
 export function costFn(prices: PriceTable | undefined): CostFn | undefined {
   if (!prices || Object.keys(prices).length === 0) return undefined;
   return (model, usage) => estimateCost(prices, model, usage);
+}
+
+/**
+ * Estimated cost of one run's LLM calls: its journaled LLM steps summed per
+ * model (the model is in each step's request summary, see
+ * src/state/journal.ts), priced with `estimateCost`. 0 for a run without
+ * calls; null when a model that spent tokens has no price (or the step
+ * predates the model being recorded). One indexed query (steps' primary key).
+ */
+export async function runCost(q: Queryable, runId: string, prices: PriceTable): Promise<number | null> {
+  const r = await q.query<{ model: string | null; i: string; o: string; c: string }>(
+    `SELECT input->>'model' AS model, coalesce(sum(input_tokens), 0) AS i, coalesce(sum(output_tokens), 0) AS o,
+            coalesce(sum(cached_input_tokens), 0) AS c
+       FROM steps WHERE run_id = $1 AND kind = 'llm' GROUP BY 1`,
+    [runId],
+  );
+  let total = 0;
+  for (const row of r.rows) {
+    const usage = {
+      inputTokens: Number(row.i),
+      outputTokens: Number(row.o),
+      cachedInputTokens: Number(row.c),
+    };
+    if (usage.inputTokens + usage.outputTokens === 0) continue; // cache hits cost nothing, priced or not
+    const cost = row.model === null ? null : estimateCost(prices, row.model, usage);
+    if (cost === null) return null;
+    total += cost;
+  }
+  return roundCost(total);
 }

@@ -117,6 +117,9 @@ export interface ProviderLimiter {
   close(): Promise<void>;
 }
 
+/** Longest sleep of a call waiting for tokens before it looks again (see `admit`). */
+const TPM_RECHECK_MS = 1_000;
+
 const NO_LIMIT: ProviderPermit = {
   limited: false,
   waitedMs: 0,
@@ -198,7 +201,14 @@ export function createProviderLimiter(opts: ProviderLimiterOptions): ProviderLim
         opts.hooks?.onWait?.({ model, key, reason: r.reason });
       }
       const left = waitBudgetMs - (Date.now() - started);
-      if (left <= 0 || r.retryAfterMs > left) {
+      // A tpm wait is computed as if every entry kept its tokens until it leaves the window,
+      // but a call in flight counts its upper-bound estimate and gives the difference back
+      // when it settles (at once, and usually most of it). Sleeping the computed time would
+      // ignore that: a waiter queued behind one call in flight slept a whole window while
+      // the capacity was free again milliseconds later. So a tpm waiter re-checks at least
+      // every TPM_RECHECK_MS, and gives up only when its wait budget is spent.
+      const mayFreeSooner = r.reason === "tpm";
+      if (left <= 0 || (!mayFreeSooner && r.retryAfterMs > left)) {
         throw new CapstanError(
           "rate_limited",
           `no capacity under the provider limit for ${model} within ${waitBudgetMs} ms (${r.reason})`,
@@ -206,7 +216,8 @@ export function createProviderLimiter(opts: ProviderLimiterOptions): ProviderLim
         );
       }
       // Jitter spreads the waiters of all workers so they do not retry in lockstep.
-      const delay = Math.min(left, r.retryAfterMs + Math.floor(Math.random() * 25));
+      const wait = mayFreeSooner ? Math.min(r.retryAfterMs, TPM_RECHECK_MS) : r.retryAfterMs;
+      const delay = Math.min(left, wait + Math.floor(Math.random() * 25));
       await abortableSleep(delay, signal);
     }
   }

@@ -317,7 +317,22 @@ export const threadSchema = z.object({
 
 export const runStatusSchema = z.enum(["queued", "running", "waiting", "succeeded", "failed", "cancelled"]);
 export const runErrorSchema = z.looseObject({ code: z.string(), message: z.string() });
-export const usageSchema = z.object({ input_tokens: z.number(), output_tokens: z.number() });
+export const usageSchema = z.object({
+  input_tokens: z.number(),
+  output_tokens: z.number(),
+  cached_input_tokens: z.number().meta({
+    description: "Input tokens the provider served from its prompt cache (a subset of input_tokens).",
+  }),
+  estimated_cost: z
+    .number()
+    .nullable()
+    .optional()
+    .meta({
+      description:
+        "Cost of the run's LLM calls under the configured price table (GET /v1/runs/:id and /wait only); " +
+        "null when a model it used has no price. Absent without a price table.",
+    }),
+});
 
 export const runSchema = z.object({
   id: z.string(),
@@ -367,6 +382,14 @@ export const stepSchema = z.object({
       cached_input_tokens: z.number().nullable(),
     })
     .nullable(),
+  model: z.string().nullable().meta({ description: "`provider:model` of an LLM step; null for tools." }),
+  cache: z
+    .object({
+      hit: z.boolean(),
+      tokens_saved: z.number().meta({ description: "Input + output tokens the cache hit did not spend." }),
+    })
+    .nullable()
+    .meta({ description: "LLM steps: whether the response cache answered; null for tool steps." }),
   started_at: timestamp,
   finished_at: timestamp.nullable(),
 });

@@ -21,7 +21,12 @@ export function threadView(t: Thread): ThreadJson {
   return { id: t.id, status: t.status, metadata: t.metadata, created_at: iso(t.createdAt) };
 }
 
-export function runView(r: Run): RunJson {
+/**
+ * A run as JSON. `estimatedCost` (see `runCost` in src/cost/pricing.ts) is
+ * given where a price table is configured and the caller read it: the run's
+ * own endpoints (GET /v1/runs/:id, /wait); elsewhere the field is absent.
+ */
+export function runView(r: Run, estimatedCost?: number | null): RunJson {
   return {
     id: r.id,
     thread_id: r.threadId,
@@ -30,7 +35,12 @@ export function runView(r: Run): RunJson {
     multitask: r.multitask,
     metadata: r.metadata,
     attempts: r.attempts,
-    usage: { input_tokens: r.usage.inputTokens, output_tokens: r.usage.outputTokens },
+    usage: {
+      input_tokens: r.usage.inputTokens,
+      output_tokens: r.usage.outputTokens,
+      cached_input_tokens: r.usage.cachedInputTokens,
+      ...(estimatedCost !== undefined ? { estimated_cost: estimatedCost } : {}),
+    },
     error: r.error,
     wait: r.wait,
     created_at: iso(r.createdAt),
@@ -62,9 +72,24 @@ export function stepView(s: Step): StepJson {
             cached_input_tokens: s.cachedInputTokens,
           }
         : null,
+    ...llmStepCache(s),
     started_at: iso(s.startedAt),
     finished_at: isoOrNull(s.finishedAt),
   };
+}
+
+/**
+ * The model and response-cache outcome of an LLM step, from its journaled
+ * request summary (src/state/journal.ts `appendLlmStep` records `model`,
+ * `cache` and `tokens_saved` there). Steps journaled before those were
+ * recorded show model null and no hit.
+ */
+function llmStepCache(s: Step): Pick<StepJson, "model" | "cache"> {
+  if (s.kind !== "llm") return { model: null, cache: null };
+  const req = typeof s.input === "object" && s.input !== null ? (s.input as Record<string, unknown>) : {};
+  const hit = req.cache === "hit";
+  const saved = typeof req.tokens_saved === "number" && hit ? req.tokens_saved : 0;
+  return { model: typeof req.model === "string" ? req.model : null, cache: { hit, tokens_saved: saved } };
 }
 
 export function memoryView(m: Memory): MemoryJson {

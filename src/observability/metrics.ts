@@ -74,6 +74,15 @@ export interface Metrics {
   tokensOut: Counter<"model">;
   /** Requests or calls refused by a rate limit, by scope (e.g. `api_key`, `provider`). */
   rateLimitRejections: Counter<"scope">;
+  /**
+   * Cache lookups by cache (`llm` response cache, pure-`tool` results,
+   * `embedding`) and result (`hit` | `miss`); hit ratio = hit / (hit + miss).
+   * Only lookups of enabled caches count (an agent without the LLM cache
+   * does not record misses).
+   */
+  cacheRequests: Counter<"cache" | "result">;
+  /** Input + output tokens that LLM cache hits did not spend, by model. */
+  cacheTokensSaved: Counter<"model">;
   /** Open SSE streams on this ingress process. */
   sseClients: Gauge;
   /** HTTP requests by route template, method and status. */
@@ -321,6 +330,18 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       name: n("rate_limit_rejections_total"),
       help: "Requests or calls refused by a rate limit, by scope",
       labelNames: ["scope"] as const,
+      registers,
+    }),
+    cacheRequests: new Counter({
+      name: n("cache_requests_total"),
+      help: "Cache lookups by cache (llm, tool, embedding) and result (hit, miss)",
+      labelNames: ["cache", "result"] as const,
+      registers,
+    }),
+    cacheTokensSaved: new Counter({
+      name: n("cache_tokens_saved_total"),
+      help: "Tokens (input + output) that LLM response cache hits did not spend, by model",
+      labelNames: ["model"] as const,
       registers,
     }),
     sseClients: new Gauge({ name: n("sse_clients"), help: "Open SSE streams on this process", registers }),

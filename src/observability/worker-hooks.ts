@@ -18,6 +18,22 @@ export interface StepObservation {
   model?: string;
   /** Token usage of an LLM step. */
   usage?: { inputTokens: number; outputTokens: number };
+  /** The run the step belongs to (tracing: the step span's parent run span). */
+  runId?: string;
+  /** The step's journal number. */
+  stepNo?: number;
+  /** The tool a tool step called. */
+  toolName?: string;
+}
+
+/** One cache lookup, as the reasoning loop saw it (src/cost/cache.ts lookups). */
+export interface CacheObservation {
+  cache: "llm" | "tool" | "embedding";
+  hit: boolean;
+  /** `provider:model` of an LLM lookup (labels `capstan_cache_tokens_saved_total`). */
+  model?: string;
+  /** LLM hits: the input + output tokens the hit did not spend. */
+  tokensSaved?: number;
 }
 
 export interface WorkerMetricsHooks {
@@ -33,6 +49,8 @@ export interface WorkerMetricsHooks {
   onLeaseReclaim(result: { requeued: number; failed: number }): void;
   /** A call refused by a rate limit (e.g. the shared provider TPM/RPM window). */
   onRateLimited(scope: string): void;
+  /** Each lookup of an enabled cache (not for steps replayed from the journal). */
+  onCache(c: CacheObservation): void;
 }
 
 export interface WorkerHooksOptions {
@@ -91,5 +109,10 @@ export function workerMetricsHooks(metrics: Metrics, opts: WorkerHooksOptions = 
       if (r.failed > 0) metrics.leaseReclaims.inc({ result: "failed" }, r.failed);
     }),
     onRateLimited: safe((scope: string) => metrics.rateLimitRejections.inc({ scope })),
+    onCache: safe((c: CacheObservation) => {
+      metrics.cacheRequests.inc({ cache: c.cache, result: c.hit ? "hit" : "miss" });
+      if (c.hit && c.model && c.tokensSaved && c.tokensSaved > 0)
+        metrics.cacheTokensSaved.inc({ model: c.model }, c.tokensSaved);
+    }),
   };
 }

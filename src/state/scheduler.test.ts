@@ -141,12 +141,20 @@ describe("scheduler", () => {
     ).rejects.toBeInstanceOf(LeaseLostError);
     expect(await heartbeat(t.db, [zombie.lease], 1000)).toEqual(new Set());
     expect(await readJournal(t.db, run.id)).toEqual([]);
-    expect((await getRun(t.db, ten.id, run.id)).usage).toEqual({ inputTokens: 0, outputTokens: 0 });
+    expect((await getRun(t.db, ten.id, run.id)).usage).toEqual({
+      inputTokens: 0,
+      outputTokens: 0,
+      cachedInputTokens: 0,
+    });
     expect((await readHistory(t.db, th.id)).length).toBe(1);
     // The owner's writes go through.
     await appendLlmStep(t.db, owner.lease, llm, [{ type: "step.completed", data: { step_no: 0 } }]);
     expect((await readJournal(t.db, run.id)).length).toBe(1);
-    expect((await getRun(t.db, ten.id, run.id)).usage).toEqual({ inputTokens: 5, outputTokens: 7 });
+    expect((await getRun(t.db, ten.id, run.id)).usage).toEqual({
+      inputTokens: 5,
+      outputTokens: 7,
+      cachedInputTokens: 0,
+    });
   });
 
   it("journals tool intent then outcome; an outcome cannot be written twice", async () => {

@@ -40,7 +40,7 @@ export interface Run {
   idempotencyKey: string | null;
   requestHash: string | null;
   inputSeq: number | null;
-  usage: { inputTokens: number; outputTokens: number };
+  usage: { inputTokens: number; outputTokens: number; cachedInputTokens: number };
   error: RunError | null;
   wait: Record<string, unknown> | null;
   resume: Record<string, unknown> | null;
@@ -51,8 +51,19 @@ export interface Run {
   finishedAt: Date | null;
 }
 
+/**
+ * W3C Trace Context (`traceparent`, optional `tracestate`) stored with a run
+ * so the worker continues the trace of the request that created it.
+ */
+export interface TraceContext {
+  traceparent: string;
+  tracestate?: string;
+}
+
 export interface ClaimedRun extends Run {
   lease: Lease;
+  /** The trace to continue; null when tracing was off at enqueue (or the run predates it). */
+  traceContext: TraceContext | null;
 }
 
 export interface Message {
@@ -127,7 +138,11 @@ export function toRun(r: Row): Run {
     idempotencyKey: (r.idempotency_key as string | null) ?? null,
     requestHash: (r.request_hash as string | null) ?? null,
     inputSeq: (r.input_seq as number | null) ?? null,
-    usage: { inputTokens: r.input_tokens as number, outputTokens: r.output_tokens as number },
+    usage: {
+      inputTokens: r.input_tokens as number,
+      outputTokens: r.output_tokens as number,
+      cachedInputTokens: Number(r.cached_input_tokens ?? 0),
+    },
     error: (r.error as RunError | null) ?? null,
     wait: (r.wait as Record<string, unknown> | null) ?? null,
     resume: (r.resume as Record<string, unknown> | null) ?? null,
@@ -137,6 +152,17 @@ export function toRun(r: Row): Run {
     startedAt: (r.started_at as Date | null) ?? null,
     finishedAt: (r.finished_at as Date | null) ?? null,
   };
+}
+
+/**
+ * The stored `runs.trace_context`, or null when it is absent or not of the
+ * expected shape (the propagator validates the header values themselves).
+ */
+export function toTraceContext(v: unknown): TraceContext | null {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return null;
+  const { traceparent, tracestate } = v as Record<string, unknown>;
+  if (typeof traceparent !== "string") return null;
+  return typeof tracestate === "string" && tracestate !== "" ? { traceparent, tracestate } : { traceparent };
 }
 
 export function toMessage(r: Row): Message {

@@ -165,6 +165,8 @@ export async function boundHistory(
       agent: ctx.run.agent,
       kind: "llm",
       ms: Date.now() - startedAt.getTime(),
+      runId: ctx.run.id,
+      stepNo,
       model: modelLabel(ctx.agent.def.model),
       usage: r.usage,
     });

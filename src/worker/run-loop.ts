@@ -322,6 +322,8 @@ async function llmStep(
   const lookup = cost
     ? await cost.llmCache.lookup({ tenantId: run.tenantId, agent: agent.def, system, messages: convo })
     : undefined;
+  if (lookup?.enabled)
+    ctx.hooks.onCache?.({ cache: "llm", hit: !!lookup.hit, model: label, tokensSaved: lookup.tokensSaved });
   if (lookup?.hit) {
     const usage = { inputTokens: 0, outputTokens: 0 };
     await journal(lookup.hit.response, usage, { hit: true, tokensSaved: lookup.tokensSaved });
@@ -366,6 +368,8 @@ async function llmStep(
       agent: run.agent,
       kind: "llm",
       ms: Date.now() - startedAt.getTime(),
+      runId: run.id,
+      stepNo,
       model: label,
       usage: result.usage,
     });

@@ -133,6 +133,7 @@ async function execute(
           args: step.args,
         })
       : undefined;
+  if (cached?.enabled) ctx.hooks.onCache?.({ cache: "tool", hit: !!cached.hit });
   let outcome: ToolOutcome;
   let error: RunError | undefined;
   let result: unknown;
@@ -174,7 +175,14 @@ async function execute(
       completedEvents(run.id, step, outcome),
     ),
   );
-  ctx.hooks.onStep?.({ agent: run.agent, kind: "tool", ms: Date.now() - startedAt });
+  ctx.hooks.onStep?.({
+    agent: run.agent,
+    kind: "tool",
+    ms: Date.now() - startedAt,
+    runId: run.id,
+    stepNo: step.stepNo,
+    toolName: step.toolName,
+  });
   return { kind: "done", outcome };
 }
 

@@ -14,7 +14,8 @@ import { normalizeToolCache } from "../../src/cost/cache-config.js";
 import type { RunningIngress } from "../../src/ingress/server.js";
 import { silentLogger } from "../../src/logger.js";
 import { recordUsageTx, setTenantBudget, utcDay } from "../../src/state/usage.js";
-import { call, createHarness, obj, rowCounts, type Harness, type Json } from "./harness.js";
+import { appendLlmStep } from "../../src/state/journal.js";
+import { call, createHarness, FakeWorker, obj, rowCounts, type Harness, type Json } from "./harness.js";
 
 const M1 = "openai:gpt-4o-mini";
 const M2 = "anthropic:claude-haiku";
@@ -225,6 +226,80 @@ describe("budgets at run creation", () => {
       headers: { "idempotency-key": "run-2" },
     });
     expect(again.status, again.text).toBe(202);
+  });
+});
+
+describe("a run's usage and steps: cached input tokens, estimated cost, cache hits", () => {
+  it("GET /v1/runs/:id carries cached_input_tokens and the cost; /steps the model and cache outcome", async () => {
+    const t = await h.tenant();
+    const th = await call(api.url, "POST", "/v1/threads", { key: t.key, json: {} });
+    const created = await call(api.url, "POST", `/v1/threads/${String(obj(th.body).id)}/runs`, {
+      key: t.key,
+      json: { agent: "echo", input: "price me" },
+    });
+    expect(created.status, created.text).toBe(202);
+    const runId = obj(created.body).id as string;
+    // Before any call: no tokens, no cost (creation answers without a cost: nothing was read).
+    expect(obj(created.body).usage).toEqual({ input_tokens: 0, output_tokens: 0, cached_input_tokens: 0 });
+
+    // A worker journals a call (1,000,000 in of which 400,000 cached, 100,000 out) and a
+    // response-cache hit that saved 1,500 tokens. Other tenants' queued runs may come first.
+    let w = await FakeWorker.claim(h);
+    while (w.run.id !== runId) w = await FakeWorker.claim(h);
+    const step = { model: M1, response: { text: "ok", toolCalls: [], finishReason: "stop" } };
+    await appendLlmStep(h.t.db, w.run.lease, {
+      ...step,
+      stepNo: 0,
+      request: { messages: 1, tools: [] },
+      usage: { inputTokens: 1_000_000, outputTokens: 100_000, cachedInputTokens: 400_000 },
+      startedAt: new Date(),
+    });
+    await appendLlmStep(h.t.db, w.run.lease, {
+      ...step,
+      stepNo: 1,
+      request: { messages: 3, tools: [], cache: "hit" },
+      usage: { inputTokens: 0, outputTokens: 0 },
+      cache: { hit: true, tokensSaved: 1_500 },
+      startedAt: new Date(),
+    });
+    await w.finish();
+
+    // Price of M1: 1 per M input (cached input at the input price: no cached price set), 10 per M output.
+    const r = await call(api.url, "GET", `/v1/runs/${runId}`, { key: t.key });
+    expect(r.status, r.text).toBe(200);
+    expect(obj(r.body).usage).toEqual({
+      input_tokens: 1_000_000,
+      output_tokens: 100_000,
+      cached_input_tokens: 400_000,
+      estimated_cost: 2,
+    });
+    const waited = await call(api.url, "GET", `/v1/runs/${runId}/wait?timeout=1`, { key: t.key });
+    expect(obj(obj(waited.body).usage).estimated_cost).toBe(2);
+
+    const steps = await call(api.url, "GET", `/v1/runs/${runId}/steps`, { key: t.key });
+    expect(steps.status, steps.text).toBe(200);
+    const data = obj(steps.body).data as Json[];
+    expect(data.map((s) => [s.step_no, s.model, s.cache])).toEqual([
+      [0, M1, { hit: false, tokens_saved: 0 }],
+      [1, M1, { hit: true, tokens_saved: 1_500 }],
+    ]);
+    expect(data[0]!.usage).toEqual({
+      input_tokens: 1_000_000,
+      output_tokens: 100_000,
+      cached_input_tokens: 400_000,
+    });
+
+    // Without a price table: no cost field at all; with a model that has no price: null.
+    const plain = await h.start();
+    const p = await call(plain.url, "GET", `/v1/runs/${runId}`, { key: t.key });
+    expect(obj(p.body).usage).toEqual({
+      input_tokens: 1_000_000,
+      output_tokens: 100_000,
+      cached_input_tokens: 400_000,
+    });
+    const otherPrices = await h.start({ prices: { [M2]: { inputPerMTok: 3, outputPerMTok: 15 } } });
+    const o = await call(otherPrices.url, "GET", `/v1/runs/${runId}`, { key: t.key });
+    expect(obj(obj(o.body).usage).estimated_cost).toBeNull();
   });
 });
 

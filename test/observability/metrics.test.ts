@@ -118,6 +118,32 @@ describe("createMetrics", () => {
     expect((await globalRegistry.metrics()).includes("capstan_")).toBe(false);
   });
 
+  it("counts cache lookups by cache and result, and the tokens LLM hits saved by model", async () => {
+    const m = createMetrics({ defaultMetrics: false });
+    const hooks = workerMetricsHooks(m);
+    const model = "openai:gpt-4o-mini";
+    hooks.onCache({ cache: "llm", hit: false, model, tokensSaved: 0 });
+    hooks.onCache({ cache: "llm", hit: true, model, tokensSaved: 150 });
+    hooks.onCache({ cache: "llm", hit: true, model, tokensSaved: 50 });
+    hooks.onCache({ cache: "tool", hit: true });
+    hooks.onCache({ cache: "tool", hit: false });
+    hooks.onCache({ cache: "tool", hit: false });
+    hooks.onCache({ cache: "embedding", hit: true });
+    const s = parseProm((await m.render()).body);
+    const req = (cache: string, result: string) =>
+      value(s, "capstan_cache_requests_total", { cache, result });
+    expect([req("llm", "hit"), req("llm", "miss"), req("tool", "hit"), req("tool", "miss")]).toEqual([
+      2, 1, 1, 2,
+    ]);
+    expect(req("embedding", "hit")).toBe(1);
+    expect(req("embedding", "miss")).toBeUndefined();
+    expect(value(s, "capstan_cache_tokens_saved_total", { model })).toBe(200);
+    // Only LLM hits with a model save tokens; a tool hit adds no tokens_saved series.
+    expect(pick(s, "capstan_cache_tokens_saved_total")).toHaveLength(1);
+    // A hook never throws, even on nonsense from a caller.
+    expect(() => hooks.onCache({ cache: "llm", hit: true, model, tokensSaved: Number.NaN })).not.toThrow();
+  });
+
   it("lets several instances live in one process, with their own prefix", async () => {
     const a = createMetrics({ defaultMetrics: false });
     const b = createMetrics({ prefix: "other_", defaultMetrics: false });

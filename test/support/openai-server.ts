@@ -22,6 +22,22 @@ export interface ChatCompletionsBody {
 export interface TestUsage {
   prompt_tokens: number;
   completion_tokens: number;
+  /** Reported as `prompt_tokens_details.cached_tokens` (a subset of prompt_tokens), as OpenAI does. */
+  cached_tokens?: number;
+}
+
+/** One answered chat-completions request as the server saw it (a provider's billing view). */
+export interface RequestRecord {
+  index: number;
+  /** Date.now() when the request body had arrived (when a provider counts it against its limits). */
+  arrivedAt: number;
+  /** Date.now() when the answer was complete (or the request failed / the client left). */
+  finishedAt: number | undefined;
+  /** HTTP status answered. */
+  status: number;
+  /** Tokens reported in the answer's usage (0 for an error answer). */
+  promptTokens: number;
+  completionTokens: number;
 }
 
 /** What the handler answers for one request. */
@@ -44,12 +60,38 @@ export interface OpenAiTestServer {
   requests: ChatCompletionsBody[];
   /** Headers of those requests, same order. */
   requestHeaders: IncomingHttpHeaders[];
+  /** Timestamps and token usage of those requests, same order. */
+  log: RequestRecord[];
+  /** Most tokens (prompt + completion) of requests arriving within any `windowMs` (sliding). */
+  maxTokensInWindow(windowMs: number): number;
   close(): Promise<void>;
+}
+
+/**
+ * Most tokens of requests whose arrivals lie within any half-open window
+ * [t, t + windowMs): the largest amount a provider counting per sliding window
+ * would have seen (a fixed-minute counter never sees more than this).
+ */
+export function maxTokensInWindow(log: readonly RequestRecord[], windowMs: number): number {
+  const xs = [...log].sort((a, b) => a.arrivedAt - b.arrivedAt);
+  let best = 0;
+  let sum = 0;
+  let lo = 0;
+  for (const x of xs) {
+    sum += x.promptTokens + x.completionTokens;
+    while (xs[lo]!.arrivedAt <= x.arrivedAt - windowMs) {
+      sum -= xs[lo]!.promptTokens + xs[lo]!.completionTokens;
+      lo++;
+    }
+    best = Math.max(best, sum);
+  }
+  return best;
 }
 
 export async function startOpenAiTestServer(opts: OpenAiTestServerOptions): Promise<OpenAiTestServer> {
   const requests: ChatCompletionsBody[] = [];
   const requestHeaders: IncomingHttpHeaders[] = [];
+  const log: RequestRecord[] = [];
   let seq = 0;
 
   const server = createServer((req, res) => {
@@ -75,9 +117,20 @@ export async function startOpenAiTestServer(opts: OpenAiTestServerOptions): Prom
     const index = requests.length;
     requests.push(body);
     requestHeaders.push(req.headers);
+    const record: RequestRecord = {
+      index,
+      arrivedAt: Date.now(),
+      finishedAt: undefined,
+      status: 200,
+      promptTokens: 0,
+      completionTokens: 0,
+    };
+    log.push(record);
+    res.once("close", () => (record.finishedAt ??= Date.now()));
 
     const reply = await opts.handler(body, index);
     if ("status" in reply) {
+      record.status = reply.status;
       sendError(res, reply.status, reply.message ?? `test error ${reply.status}`, reply.retryAfterSeconds);
       return;
     }
@@ -102,7 +155,13 @@ export async function startOpenAiTestServer(opts: OpenAiTestServerOptions): Prom
       prompt_tokens: promptTokens,
       completion_tokens: completionTokens,
       total_tokens: promptTokens + completionTokens,
+      ...(reply.usage?.cached_tokens !== undefined
+        ? { prompt_tokens_details: { cached_tokens: reply.usage.cached_tokens } }
+        : {}),
     };
+    // Billed once the answer is produced, as a provider bills a request it served.
+    record.promptTokens = promptTokens;
+    record.completionTokens = completionTokens;
 
     if (body.stream !== true) {
       sendJson(res, 200, {
@@ -204,6 +263,8 @@ export async function startOpenAiTestServer(opts: OpenAiTestServerOptions): Prom
     url: `http://127.0.0.1:${port}/v1`,
     requests,
     requestHeaders,
+    log,
+    maxTokensInWindow: (windowMs) => maxTokensInWindow(log, windowMs),
     close: () =>
       new Promise<void>((resolve, reject) => {
         server.closeAllConnections();

@@ -210,7 +210,10 @@ describe("bounded context", () => {
     );
     expect(summarySteps.map((s) => s.stepNo)).toEqual(rows.map((_, i) => i));
     expect(journal.at(-1)).toMatchObject({ kind: "llm", stepNo: rows.length });
-    expect(done.usage).toEqual({ inputTokens: 100 * rows.length + 50, outputTokens: 10 * rows.length + 1 });
+    expect(done.usage).toMatchObject({
+      inputTokens: 100 * rows.length + 50,
+      outputTokens: 10 * rows.length + 1,
+    });
 
     // The next turn reuses the summary: recent messages are kept so that
     // summarising again is many turns away.

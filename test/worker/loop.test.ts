@@ -112,7 +112,7 @@ describe("reasoning loop", () => {
       const done = await settled(r.id);
       expect(done.status, JSON.stringify(done.error)).toBe("succeeded");
       expect(calls.length).toBe(3); // 429, tool call, final answer
-      expect(done.usage).toEqual({ inputTokens: 50, outputTokens: 13 });
+      expect(done.usage).toEqual({ inputTokens: 50, outputTokens: 13, cachedInputTokens: 0 });
       // The tool schema reached the server in the wire format.
       expect(server.requests[1]?.tools?.[0]?.function.name).toBe("weather");
       const history = await readHistory(t.db, r.threadId);

@@ -2,7 +2,8 @@ import { startIngress, type RunningIngress } from "../ingress/server.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { readinessChecks, startOpsServer, type OpsServer } from "../observability/ops-server.js";
 import { workerMetricsHooks } from "../observability/worker-hooks.js";
-import { createWorker, type Worker } from "../worker/worker.js";
+import { createWorker, type Worker, type WorkerDeps } from "../worker/worker.js";
+import { composeWorkerHooks, tracingHooks } from "../observability/tracing-hooks.js";
 import type { Runtime } from "./runtime.js";
 
 /**
@@ -32,7 +33,19 @@ export async function startIngressRole(rt: Runtime, metrics: Metrics): Promise<R
     redisFailurePolicy: rt.settings.redis.failurePolicy,
     embedder: rt.embedder,
     prices: rt.config?.models?.prices,
+    ...(rt.tracing ? { tracing: rt.tracing } : {}),
   });
+}
+
+/** The worker's observability hooks: metrics, plus tracing (and its run scope) when it is on. */
+function workerHooks(rt: Runtime, metrics: Metrics): Pick<WorkerDeps, "hooks" | "runScope"> {
+  const hooks = workerMetricsHooks(metrics, {
+    agents: rt.agents.keys(),
+    concurrency: rt.settings.worker.concurrency,
+  });
+  if (!rt.tracing) return { hooks };
+  const traced = tracingHooks(rt.tracing);
+  return { hooks: composeWorkerHooks(hooks, traced.hooks), runScope: traced.runScope };
 }
 
 export interface WorkerRole {
@@ -70,10 +83,9 @@ export async function startWorkerRole(
     agents: rt.agents,
     settings: rt.settings,
     logger: rt.logger,
-    hooks: workerMetricsHooks(metrics, {
-      agents: rt.agents.keys(),
-      concurrency: rt.settings.worker.concurrency,
-    }),
+    // Budgets, provider limits, caches and memory recall: without them a worker process runs uncontrolled.
+    services: rt.services,
+    ...workerHooks(rt, metrics),
   });
   await worker.start();
   warm = true;

@@ -21,6 +21,7 @@ import { createBudgetGuard } from "../cost/budget.js";
 import { createProviderLimiter } from "../cost/provider-limits.js";
 import { createLlmCache, createToolCache } from "../cost/cache.js";
 import { validateCacheConfig } from "../cost/cache-config.js";
+import { createTracing, type Tracing } from "../observability/tracing.js";
 
 export type Role = "dev" | "ingress" | "worker" | "admin";
 
@@ -50,6 +51,9 @@ export interface Runtime {
   coord: Coordination | undefined;
   config: CapstanConfig | null;
   agents: Map<string, LoadedAgent>;
+  /** OpenTelemetry tracing; undefined when disabled (the default) and for admin commands. */
+  tracing: Tracing | undefined;
+  /** Close everything; flushes unexported spans first (every role's SIGTERM path ends here). */
   close(): Promise<void>;
 }
 
@@ -225,6 +229,10 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     };
   }
 
+  // Last, once nothing above can fail: a failed start leaves no exporter behind.
+  const tracing =
+    opts.role === "admin" ? undefined : createTracing(settings.tracing, logger, { role: opts.role });
+
   return {
     services,
     embedder,
@@ -234,7 +242,10 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     coord,
     config,
     agents,
+    tracing,
     async close() {
+      // The roles have stopped, so their spans have ended: export them while the network is up.
+      await tracing?.shutdown();
       await services.cost?.budget.close().catch(() => {});
       await costBackend
         ?.close()

@@ -5,6 +5,16 @@ import { costSettingsSchema } from "../cost/config.js";
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
 
+const TRACING_DEFAULTS = {
+  enabled: false,
+  endpoint: "http://localhost:4318/v1/traces",
+  serviceName: "capstan",
+  sampleRatio: 1,
+  batchDelayMs: 5_000,
+  exportTimeoutMs: 10_000,
+  maxQueueSize: 2_048,
+};
+
 /**
  * Every setting of every role. Resolved once at start (defaults → config file
  * → environment → flags) and passed down; nothing below the CLI reads
@@ -101,6 +111,33 @@ export const settingsSchema = z
       })
       .strict()
       .default({ embedder: "local:lexical", embeddingCacheTtlMs: 7 * 24 * 3600_000 }),
+    /**
+     * OpenTelemetry tracing (DESIGN §9). Off by default: no SDK objects, no
+     * exporter, and no trace context stored with runs. When on, every role
+     * exports spans over OTLP/HTTP (JSON) to `endpoint`.
+     */
+    tracing: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** The OTLP/HTTP traces URL, used as is (a collector's is `http://host:4318/v1/traces`). */
+        endpoint: z.string().url().default(TRACING_DEFAULTS.endpoint),
+        /** Sent with every export, e.g. a hosted backend's API key. Never logged. */
+        headers: z.record(z.string(), z.string()).default({}),
+        /** The `service.name` resource attribute; the role is `capstan.role`. */
+        serviceName: z.string().min(1).default(TRACING_DEFAULTS.serviceName),
+        /**
+         * Share of new traces recorded (0–1). Parent-based: a request that
+         * carries a sampled `traceparent`, and every run it creates, follows
+         * the caller's decision instead.
+         */
+        sampleRatio: z.number().min(0).max(1).default(TRACING_DEFAULTS.sampleRatio),
+        /** Batch export: the delay between exports, each export's timeout, the span queue bound. */
+        batchDelayMs: posInt.default(TRACING_DEFAULTS.batchDelayMs),
+        exportTimeoutMs: posInt.default(TRACING_DEFAULTS.exportTimeoutMs),
+        maxQueueSize: posInt.default(TRACING_DEFAULTS.maxQueueSize),
+      })
+      .strict()
+      .default({ ...TRACING_DEFAULTS, headers: {} }),
     log: z
       .object({
         level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -112,9 +149,51 @@ export const settingsSchema = z
 
 export type Settings = z.infer<typeof settingsSchema>;
 export type SettingsInput = z.input<typeof settingsSchema>;
+export type TracingSettings = Settings["tracing"];
 
-/** Environment variables and the setting each one sets. */
-const ENV: Record<string, { path: string[]; kind: "string" | "int" }> = {
+type EnvSpec =
+  | { path: string[]; kind: "string" | "int" | "number" }
+  /** A variable that sets zero or more settings (a switch, a list of headers, a derived URL). */
+  | { kind: "custom"; apply: (raw: string) => [path: string[], value: unknown][] };
+
+/** `CAPSTAN_TRACING`: `otlp` turns tracing on, `off`/`none` off; anything else is reported as invalid. */
+function tracingSwitch(raw: string): [string[], unknown][] {
+  const v = raw.trim().toLowerCase();
+  const enabled = v === "otlp" ? true : ["off", "none", "false", "0"].includes(v) ? false : raw;
+  return [[["tracing", "enabled"], enabled]];
+}
+
+/**
+ * `OTEL_EXPORTER_OTLP_HEADERS` and the traces-specific variant: `k=v,k2=v2`
+ * with percent-encoded values (the OpenTelemetry convention). Each header is
+ * its own setting, so the two variables and the config file merge by name.
+ * A malformed list is passed on as a string, which validation reports.
+ */
+function otlpHeaders(raw: string): [string[], unknown][] {
+  const out: [string[], unknown][] = [];
+  for (const part of raw.split(",")) {
+    if (part.trim() === "") continue;
+    const eq = part.indexOf("=");
+    const key = eq > 0 ? part.slice(0, eq).trim() : "";
+    if (!key) return [[["tracing", "headers"], raw]];
+    let value: string;
+    try {
+      value = decodeURIComponent(part.slice(eq + 1).trim());
+    } catch {
+      return [[["tracing", "headers"], raw]];
+    }
+    out.push([["tracing", "headers", key], value]);
+  }
+  return out;
+}
+
+/**
+ * Environment variables and the setting each one sets. Order matters where
+ * two set the same setting: the later one wins (the traces-specific OTEL_*
+ * variables over the general ones, `OTEL_SDK_DISABLED=true` over
+ * `CAPSTAN_TRACING`).
+ */
+const ENV: Record<string, EnvSpec> = {
   DATABASE_URL: { path: ["database", "url"], kind: "string" },
   CAPSTAN_DB_POOL_SIZE: { path: ["database", "poolSize"], kind: "int" },
   CAPSTAN_DATA_DIR: { path: ["dataDir"], kind: "string" },
@@ -134,6 +213,25 @@ const ENV: Record<string, { path: string[]; kind: "string" | "int" }> = {
   CAPSTAN_SHUTDOWN_GRACE_MS: { path: ["worker", "shutdownGraceMs"], kind: "int" },
   CAPSTAN_LOG_LEVEL: { path: ["log", "level"], kind: "string" },
   CAPSTAN_EMBEDDER: { path: ["memory", "embedder"], kind: "string" },
+  CAPSTAN_TRACING: { kind: "custom", apply: tracingSwitch },
+  OTEL_SERVICE_NAME: { path: ["tracing", "serviceName"], kind: "string" },
+  // The general endpoint is a base URL: the traces path is appended (OTLP exporter spec).
+  OTEL_EXPORTER_OTLP_ENDPOINT: {
+    kind: "custom",
+    apply: (raw) => [[["tracing", "endpoint"], raw.trim().replace(/\/+$/, "") + "/v1/traces"]],
+  },
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: { path: ["tracing", "endpoint"], kind: "string" },
+  OTEL_EXPORTER_OTLP_HEADERS: { kind: "custom", apply: otlpHeaders },
+  OTEL_EXPORTER_OTLP_TRACES_HEADERS: { kind: "custom", apply: otlpHeaders },
+  OTEL_EXPORTER_OTLP_TIMEOUT: { path: ["tracing", "exportTimeoutMs"], kind: "int" },
+  OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: { path: ["tracing", "exportTimeoutMs"], kind: "int" },
+  OTEL_TRACES_SAMPLER_ARG: { path: ["tracing", "sampleRatio"], kind: "number" },
+  OTEL_BSP_SCHEDULE_DELAY: { path: ["tracing", "batchDelayMs"], kind: "int" },
+  OTEL_BSP_MAX_QUEUE_SIZE: { path: ["tracing", "maxQueueSize"], kind: "int" },
+  OTEL_SDK_DISABLED: {
+    kind: "custom",
+    apply: (raw) => (raw.trim().toLowerCase() === "true" ? [[["tracing", "enabled"], false]] : []),
+  },
 };
 
 type Tree = Record<string, unknown>;
@@ -168,9 +266,23 @@ function fromEnv(env: Record<string, string | undefined>): { tree: Tree; source:
   for (const [name, spec] of Object.entries(ENV)) {
     const raw = env[name];
     if (raw === undefined || raw === "") continue;
-    const value = spec.kind === "int" && /^-?\d+$/.test(raw.trim()) ? Number(raw) : raw;
-    setPath(tree, spec.path, value);
-    source.set(spec.path.join("."), `environment variable ${name}`);
+    // A value that does not parse stays a string: validation then names the variable.
+    const sets: [string[], unknown][] =
+      spec.kind === "custom"
+        ? spec.apply(raw)
+        : [
+            [
+              spec.path,
+              (spec.kind === "int" && /^-?\d+$/.test(raw.trim())) ||
+              (spec.kind === "number" && /^-?(\d+\.?\d*|\.\d+)$/.test(raw.trim()))
+                ? Number(raw)
+                : raw,
+            ],
+          ];
+    for (const [path, value] of sets) {
+      setPath(tree, path, value);
+      source.set(path.join("."), `environment variable ${name}`);
+    }
   }
   return { tree, source };
 }

@@ -15,6 +15,7 @@ import type { Embedder } from "../agent/embeddings.js";
 import type { PriceTable } from "../cost/pricing.js";
 import { instrumentFastify } from "../observability/http.js";
 import type { Metrics } from "../observability/metrics.js";
+import type { Tracing } from "../observability/tracing.js";
 import type { Settings } from "../config/config.js";
 import type { Coordination, RateLimitRule } from "../coord/types.js";
 import { CapstanError } from "../errors.js";
@@ -31,6 +32,7 @@ import { memoryRoutes } from "./routes/memories.js";
 import { opsRoutes } from "./routes/ops.js";
 import { runRoutes } from "./routes/runs.js";
 import { threadRoutes } from "./routes/threads.js";
+import { traceRequests } from "./tracing.js";
 import { usageRoutes } from "./routes/usage.js";
 import { createRunWatchHub } from "./run-watch.js";
 import { DEFAULT_SSE, type SseOptions } from "./sse.js";
@@ -59,13 +61,15 @@ export interface IngressDeps {
    * ingress series added. Default: a private set for this app.
    */
   metrics?: Metrics;
-  /** The price table (`models.prices`): `GET /v1/usage` then carries estimated costs. */
+  /** The price table (`models.prices`): `GET /v1/usage` and a run's usage then carry estimated costs. */
   prices?: PriceTable;
   /**
    * Embeds memory texts and search queries (the same embedder the workers
    * use). Without one, the /v1/memories routes answer 501 `not_implemented`.
    */
   embedder?: Embedder;
+  /** OpenTelemetry tracing (src/observability/tracing.ts); absent when disabled. */
+  tracing?: Tracing;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -138,6 +142,8 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
   });
 
   app.decorateRequest("principal", null);
+  // First of all hooks: the request span also covers requests the hooks below refuse.
+  traceRequests(app, deps.tracing);
 
   // Only JSON bodies exist in this API: every other media type is 415. An
   // empty body counts as absent (POST /cancel from clients that always send
@@ -207,7 +213,7 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
         if (rateCheck) await rateCheck(principal.keyId, reply);
       });
       threadRoutes(v1, ctx);
-      runRoutes(v1, ctx);
+      runRoutes(v1, ctx, { prices: deps.prices });
       eventRoutes(v1, ctx);
       usageRoutes(v1, ctx, { prices: deps.prices });
       cacheRoutes(v1, ctx);

@@ -7,6 +7,7 @@ import { isUniqueViolation } from "./pg-errors.js";
 import { appendMessages, lockThread } from "./threads.js";
 import {
   toRun,
+  toTraceContext,
   type ClaimedRun,
   type Lease,
   type Multitask,
@@ -15,6 +16,7 @@ import {
   type Run,
   type RunError,
   type RunEvent,
+  type TraceContext,
 } from "./types.js";
 
 /**
@@ -52,6 +54,8 @@ export interface EnqueueInput {
   defaultMaxPending: number;
   /** Refuse the run (`budget_exceeded`) when the tenant's token budget is spent. Default true. */
   enforceBudget?: boolean;
+  /** The creating request's trace context (tracing on), continued by every attempt's worker. */
+  traceContext?: TraceContext;
 }
 
 export interface EnqueueResult {
@@ -162,8 +166,8 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
 
   const r = await q.query(
     `INSERT INTO runs (tenant_id, thread_id, agent, input, metadata, status, ready, multitask, priority,
-                       max_attempts, idempotency_key, request_hash)
-     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $11) RETURNING *`,
+                       max_attempts, idempotency_key, request_hash, trace_context)
+     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12) RETURNING *`,
     [
       input.tenantId,
       input.threadId,
@@ -176,6 +180,7 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
       input.maxAttempts,
       input.idempotencyKey ?? null,
       input.requestHash ?? null,
+      input.traceContext ?? null,
     ],
   );
   let run = toRun(r.rows[0]!);
@@ -304,7 +309,11 @@ async function claimInTenant(q: Queryable, tenantId: string, opts: ClaimOptions)
   );
   if (!r.rows[0]) return null;
   const run = toRun(r.rows[0]);
-  return { ...run, lease: { runId: run.id, epoch: run.leaseEpoch, workerId: opts.workerId } };
+  return {
+    ...run,
+    lease: { runId: run.id, epoch: run.leaseEpoch, workerId: opts.workerId },
+    traceContext: toTraceContext(r.rows[0].trace_context),
+  };
 }
 
 /**

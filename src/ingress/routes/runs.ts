@@ -12,12 +12,23 @@ import { createRunBody, LIMITS, resumeBody, waitQuery, type RunJson, type StepLi
 import { parseOr400, pathId } from "../validate.js";
 import { runView, stepView } from "../views.js";
 import { z } from "zod";
+import { runCost, type PriceTable } from "../../cost/pricing.js";
 
 /** POST bodies that carry nothing (cancel): absent, or an empty object. */
 const emptyBody = z.strictObject({});
 
+export interface RunRouteOptions {
+  /** The price table (`models.prices`): GET /v1/runs/:id and /wait then carry `usage.estimated_cost`. */
+  prices?: PriceTable | undefined;
+}
+
 /** Run endpoints (DESIGN §11), except the event stream (./events.ts). Tenant-scoped throughout. */
-export function runRoutes(app: FastifyInstance, ctx: IngressContext): void {
+export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRouteOptions = {}): void {
+  const prices = opts.prices && Object.keys(opts.prices).length > 0 ? opts.prices : undefined;
+  /** A run with its estimated cost when there is a price table (one more query). */
+  const viewWithCost = async (run: Run): Promise<RunJson> =>
+    runView(run, prices ? await runCost(ctx.db, run.id, prices) : undefined);
+
   const publish = (events: RunEvent[]) =>
     publishPersisted({ events: ctx.coord.events, logger: ctx.logger, metrics: ctx.metrics }, events);
 
@@ -58,6 +69,8 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext): void {
         : {}),
       maxAttempts: ctx.settings.worker.maxAttempts,
       defaultMaxPending: ctx.settings.limits.maxPendingRunsPerTenant,
+      // This request's span (tracing on): each worker attempt continues the trace.
+      ...(req.traceContext ? { traceContext: req.traceContext } : {}),
     });
     await publish(result.events);
     if (!result.created) reply.header("idempotent-replayed", "true");
@@ -66,7 +79,7 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext): void {
 
   app.get("/runs/:id", async (req): Promise<RunJson> => {
     const { tenantId } = principalOf(req);
-    return runView(await getRun(ctx.db, tenantId, pathId(req.params, "run")));
+    return viewWithCost(await getRun(ctx.db, tenantId, pathId(req.params, "run")));
   });
 
   app.get("/runs/:id/steps", async (req): Promise<StepListJson> => {
@@ -80,7 +93,7 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext): void {
     const runId = pathId(req.params, "run");
     const q = parseOr400(waitQuery, req.query, "query");
     const timeoutMs = (q.timeout ?? LIMITS.waitDefaultSeconds) * 1000;
-    return runView(await ctx.track(waitForRun(ctx, tenantId, runId, timeoutMs, reply)));
+    return viewWithCost(await ctx.track(waitForRun(ctx, tenantId, runId, timeoutMs, reply)));
   });
 
   app.post("/runs/:id/cancel", async (req, reply) => {

@@ -236,12 +236,17 @@ describe("cachedEmbedder", () => {
   it("serves repeats from the cache, embeds each missing text once, and keeps the order", async () => {
     const inner = counting(localLexicalEmbedder(32));
     const cache = mapCache();
-    const e = cachedEmbedder(inner, cache, 60_000);
+    const lookups: [number, number][] = [];
+    const e = cachedEmbedder(inner, cache, 60_000, (hits, misses) => lookups.push([hits, misses]));
     expect(e).toMatchObject({ id: inner.id, dims: 32 });
     const first = await e.embed(["a b", "c d", "a b"]);
     expect(inner.calls).toEqual([["a b", "c d"]]);
     const second = await e.embed(["c d", "e f", "a b"]);
     expect(inner.calls).toEqual([["a b", "c d"], ["e f"]]);
+    expect(lookups).toEqual([
+      [0, 3],
+      [2, 1],
+    ]); // (hits, misses) per call, as the metrics count them
     expect(second[0]).toEqual(first[1]);
     expect(second[2]).toEqual(first[0]);
     // Float32 precision (as stored) whether from the cache or not.

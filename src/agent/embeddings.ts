@@ -298,7 +298,13 @@ function fmix32(h: number): number {
  * provider; the cache failing or being flushed only costs a provider call
  * (errors are swallowed). Same id and dims as the wrapped embedder.
  */
-export function cachedEmbedder(embedder: Embedder, cache: KvCache, ttlMs: number): Embedder {
+export function cachedEmbedder(
+  embedder: Embedder,
+  cache: KvCache,
+  ttlMs: number,
+  /** Told the hits and misses of each call (metrics); must not throw. */
+  onLookup?: (hits: number, misses: number) => void,
+): Embedder {
   const keyOf = (text: string) =>
     `emb:v1:${embedder.id}:${createHash("sha256").update(text, "utf8").digest("hex")}`;
   return {
@@ -312,6 +318,8 @@ export function cachedEmbedder(embedder: Embedder, cache: KvCache, ttlMs: number
       );
       // Each distinct missing text is embedded once.
       const missing = [...new Set(texts.filter((_, i) => cached[i] === null))];
+      const hits = cached.filter((v) => v !== null).length;
+      onLookup?.(hits, texts.length - hits);
       const fresh = new Map<string, number[]>();
       if (missing.length > 0) {
         const vecs = await embedder.embed(missing, signal);

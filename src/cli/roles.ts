@@ -15,6 +15,10 @@ export function processMetrics(rt: Runtime, role: string): Metrics {
   const metrics = createMetrics({ defaultLabels: { role } });
   metrics.trackDbPool(() => rt.db.stats());
   metrics.trackQueue(rt.db);
+  rt.observeEmbeddingCache((hits, misses) => {
+    if (hits > 0) metrics.cacheRequests.inc({ cache: "embedding", result: "hit" }, hits);
+    if (misses > 0) metrics.cacheRequests.inc({ cache: "embedding", result: "miss" }, misses);
+  });
   return metrics;
 }
 

@@ -45,6 +45,8 @@ export interface Runtime {
   services: RunServices;
   /** The embedder for memories (ingress search uses it too). */
   embedder: Embedder;
+  /** Report the embedding cache's hits and misses (per embed call) to `fn`. */
+  observeEmbeddingCache(fn: (hits: number, misses: number) => void): void;
   settings: Settings;
   logger: Logger;
   db: Db;
@@ -184,9 +186,15 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const providers = modelSettings(config, opts.env);
   let agents: Map<string, LoadedAgent>;
   let embedder: Embedder;
+  // Bound later by the role's metrics (processMetrics), which exist only once the runtime does.
+  let embeddingCacheObserver: ((hits: number, misses: number) => void) | undefined;
   try {
     const base = resolveEmbedder(settings.memory.embedder, providers);
-    embedder = coord ? cachedEmbedder(base, coord.cache, settings.memory.embeddingCacheTtlMs) : base;
+    embedder = coord
+      ? cachedEmbedder(base, coord.cache, settings.memory.embeddingCacheTtlMs, (hits, misses) =>
+          embeddingCacheObserver?.(hits, misses),
+        )
+      : base;
     agents = loadAgents(config, opts.env, { db, embedder });
   } catch (err) {
     await coord?.close().catch(() => {});
@@ -236,6 +244,9 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   return {
     services,
     embedder,
+    observeEmbeddingCache: (fn) => {
+      embeddingCacheObserver = fn;
+    },
     settings,
     logger,
     db,

@@ -72,20 +72,24 @@ export function stepView(s: Step): StepJson {
             cached_input_tokens: s.cachedInputTokens,
           }
         : null,
-    ...llmStepCache(s),
+    ...stepCache(s),
     started_at: iso(s.startedAt),
     finished_at: isoOrNull(s.finishedAt),
   };
 }
 
 /**
- * The model and response-cache outcome of an LLM step, from its journaled
+ * The model and cache outcome of a step. LLM steps: from the journaled
  * request summary (src/state/journal.ts `appendLlmStep` records `model`,
- * `cache` and `tokens_saved` there). Steps journaled before those were
- * recorded show model null and no hit.
+ * `cache` and `tokens_saved` there); steps journaled before those were
+ * recorded show model null and no hit. Tool steps: `steps.cache_hit`, set
+ * for cacheable tools only.
  */
-function llmStepCache(s: Step): Pick<StepJson, "model" | "cache"> {
-  if (s.kind !== "llm") return { model: null, cache: null };
+function stepCache(s: Step): Pick<StepJson, "model" | "cache"> {
+  if (s.kind !== "llm") {
+    // Tool steps: only cacheable (pure, cache-configured) tools have an outcome here.
+    return { model: null, cache: s.cacheHit === null ? null : { hit: s.cacheHit, tokens_saved: 0 } };
+  }
   const req = typeof s.input === "object" && s.input !== null ? (s.input as Record<string, unknown>) : {};
   const hit = req.cache === "hit";
   const saved = typeof req.tokens_saved === "number" && hit ? req.tokens_saved : 0;

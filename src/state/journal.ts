@@ -167,6 +167,8 @@ export interface ToolOutcomeInput {
   status: "completed" | "failed";
   result?: unknown;
   error?: RunError;
+  /** Cacheable (pure) tools: whether the result came from the cache. */
+  cacheHit?: boolean;
 }
 
 /** Record a tool's outcome. Only an open intent of this step can be completed. */
@@ -177,7 +179,7 @@ export async function recordToolOutcome(
   events: NewEvent[] = [],
 ): Promise<RunEvent[]> {
   const r = await fencedWrite(db, lease, {
-    step: `UPDATE steps SET status = $7, output = $8, error = $9, epoch = $2, finished_at = now()
+    step: `UPDATE steps SET status = $7, output = $8, error = $9, epoch = $2, cache_hit = $10, finished_at = now()
            WHERE run_id = (SELECT $1::uuid FROM r) AND step_no = $6 AND kind = 'tool' AND status = 'started'
            RETURNING run_id`,
     params: [
@@ -185,6 +187,7 @@ export async function recordToolOutcome(
       outcome.status,
       JSON.stringify(outcome.result ?? null),
       outcome.error ? JSON.stringify(outcome.error) : null,
+      outcome.cacheHit ?? null,
     ],
     events,
   });

@@ -97,6 +97,8 @@ export interface Step {
   inputTokens: number | null;
   outputTokens: number | null;
   cachedInputTokens: number | null;
+  /** Tool steps of cacheable tools: served from the pure-tool cache (true) or run (false); else null. */
+  cacheHit: boolean | null;
   startedAt: Date;
   finishedAt: Date | null;
 }
@@ -194,6 +196,7 @@ export function toStep(r: Row): Step {
     inputTokens: (r.input_tokens as number | null) ?? null,
     outputTokens: (r.output_tokens as number | null) ?? null,
     cachedInputTokens: (r.cached_input_tokens as number | null) ?? null,
+    cacheHit: (r.cache_hit as boolean | null) ?? null,
     startedAt: r.started_at as Date,
     finishedAt: (r.finished_at as Date | null) ?? null,
   };

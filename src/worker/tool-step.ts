@@ -171,8 +171,14 @@ async function execute(
     await recordToolOutcome(
       db,
       run.lease,
-      { stepNo: step.stepNo, status: error ? "failed" : "completed", result, ...(error ? { error } : {}) },
-      completedEvents(run.id, step, outcome),
+      {
+        stepNo: step.stepNo,
+        status: error ? "failed" : "completed",
+        result,
+        ...(error ? { error } : {}),
+        ...(cached?.enabled ? { cacheHit: !!cached.hit } : {}),
+      },
+      completedEvents(run.id, step, outcome, cached?.hit ? { cache: "hit" } : {}),
     ),
   );
   ctx.hooks.onStep?.({
@@ -226,6 +232,7 @@ function completedEvents(
   runId: string,
   step: { stepNo: number; toolName: string; toolCallId: string },
   outcome: ToolOutcome,
+  extra: Record<string, unknown> = {},
 ): NewEvent[] {
   return [
     {
@@ -238,7 +245,10 @@ function completedEvents(
         ...(outcome.ok ? { result: outcome.value } : { error: outcome.error }),
       },
     },
-    { type: "step.completed", data: { run_id: runId, step_no: step.stepNo, kind: "tool", ok: outcome.ok } },
+    {
+      type: "step.completed",
+      data: { run_id: runId, step_no: step.stepNo, kind: "tool", ok: outcome.ok, ...extra },
+    },
   ];
 }
 

@@ -34,6 +34,9 @@ afterAll(async () => {
   await c?.close();
 });
 
+/** The steps API's `cache` of each tool step, in the order the runs were made. */
+const stepCaches: unknown[] = [];
+
 /** Run `input` to success; the tool step's result. */
 async function toolResult(input: string): Promise<Json> {
   const [id] = runIds([await c.createRun("tools", input)]);
@@ -42,6 +45,7 @@ async function toolResult(input: string): Promise<Json> {
   const steps = obj((await c.get(`/v1/runs/${id!}/steps`)).body).data as Json[];
   const tool = steps.find((s) => s.kind === "tool")!;
   expect(tool.status).toBe("completed");
+  stepCaches.push(tool.cache);
   return obj(tool.result);
 }
 
@@ -69,6 +73,10 @@ describe("pure-tool cache with tags (API + worker process)", () => {
     const prom = parseProm(await (await fetch(`${await c.opsUrl(w)}/metrics`)).text());
     expect(value(prom, "capstan_cache_requests_total", { cache: "tool", result: "miss" })).toBe(3);
     expect(value(prom, "capstan_cache_requests_total", { cache: "tool", result: "hit" })).toBe(3);
+    // The same outcomes on the steps API; the (uncacheable) restock step has none.
+    const miss = { hit: false, tokens_saved: 0 };
+    const hit = { hit: true, tokens_saved: 0 };
+    expect(stepCaches).toEqual([miss, hit, null, miss, hit, miss, hit]);
   });
 
   it("a cache on an idempotent tool is refused when the worker loads its config", async () => {

@@ -3,10 +3,25 @@ import type { Logger } from "../logger.js";
 
 /** The one thing SQL functions need: run a parameterised statement. */
 export interface Queryable {
+  /**
+   * `opts.name` asks for a named (prepared) statement: parsed and planned
+   * once per connection, then sent as Bind/Execute only; for the hot, long
+   * statements (the fenced journal write). The name must identify `text`.
+   * Implementations may ignore it (the statement then runs unprepared).
+   */
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(
     text: string,
     params?: unknown[],
+    opts?: { name?: string },
   ): Promise<pg.QueryResult<R>>;
+}
+
+/** `Queryable.query` over a node-postgres pool or client. */
+function pgQuery(target: pg.Pool | pg.PoolClient): Queryable["query"] {
+  return <R extends pg.QueryResultRow>(text: string, params?: unknown[], opts?: { name?: string }) =>
+    opts?.name
+      ? target.query<R>({ name: opts.name, text, values: params ?? [] })
+      : target.query<R>(text, params);
 }
 
 export type Unlisten = () => Promise<void>;
@@ -70,7 +85,7 @@ async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Pr
   client.on("error", onError);
   try {
     await client.query("BEGIN");
-    const out = await fn(client);
+    const out = await fn({ query: pgQuery(client) });
     await client.query("COMMIT");
     return out;
   } catch (err) {
@@ -113,7 +128,7 @@ export function createPgDb(opts: PgDbOptions): Db {
 
   return {
     kind: "postgres",
-    query: (text, params) => pool.query(text, params),
+    query: pgQuery(pool),
     tx: (fn) => runTx(pool, fn),
     async listen(channel, onNotify, onReconnect) {
       const l = startPgListener(opts, channel, onNotify, onReconnect);
@@ -237,7 +252,7 @@ export async function createPgliteDb(opts: PgliteDbOptions): Promise<Db> {
   pool.on("error", (err) => opts.logger.warn({ err }, "pglite pool error"));
   return {
     kind: "pglite",
-    query: (text, params) => pool.query(text, params),
+    query: pgQuery(pool),
     tx: (fn) => runTx(pool, fn),
     async listen(channel, onNotify) {
       const unlisten = await lite.listen(channel, onNotify);

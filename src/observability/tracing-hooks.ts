@@ -10,7 +10,7 @@ import {
 import type { ClaimedRun } from "../state/types.js";
 import type { RunOutcomeLabel } from "./metrics.js";
 import type { Tracing } from "./tracing.js";
-import type { StepObservation, WorkerMetricsHooks } from "./worker-hooks.js";
+import { neverThrows, type StepObservation, type WorkerMetricsHooks } from "./worker-hooks.js";
 
 /**
  * Worker spans, fed by the worker's observability hooks (the same ones the
@@ -60,15 +60,7 @@ export function tracingHooks(tracing: Tracing, opts: { now?: () => number } = {}
   const spans = new Map<string, Span>();
   const current = new AsyncLocalStorage<string>();
   const spanOf = (runId: string | undefined) => spans.get(runId ?? current.getStore() ?? "");
-  const safe =
-    <A extends unknown[]>(fn: (...args: A) => void) =>
-    (...args: A): void => {
-      try {
-        fn(...args);
-      } catch {
-        // Tracing must never fail a run.
-      }
-    };
+  const safe = neverThrows;
 
   return {
     hooks: {

@@ -67,20 +67,24 @@ export interface WorkerHooksOptions {
 
 const UNKNOWN = "_unknown";
 
+/** Wraps a hook so that it swallows its own errors: observability must never fail a run. */
+export function neverThrows<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void {
+  return (...args: A): void => {
+    try {
+      fn(...args);
+    } catch {
+      // Deliberately ignored (see above).
+    }
+  };
+}
+
 export function workerMetricsHooks(metrics: Metrics, opts: WorkerHooksOptions = {}): WorkerMetricsHooks {
   const known = opts.agents ? new Set(opts.agents) : undefined;
   const agentLabel = (a: string) => (!known || known.has(a) ? a : UNKNOWN);
   const now = opts.now ?? Date.now;
   if (opts.concurrency !== undefined) metrics.workerCapacity.set(opts.concurrency);
-  const safe =
-    <A extends unknown[]>(fn: (...args: A) => void) =>
-    (...args: A): void => {
-      try {
-        fn(...args);
-      } catch {
-        // A metrics bug must never fail a run; prom-client only throws on misuse.
-      }
-    };
+  // A metrics bug must never fail a run; prom-client only throws on misuse.
+  const safe = neverThrows;
 
   return {
     onClaim: safe((run: ClaimedRun) => {

@@ -235,6 +235,17 @@ describe("bounded context", () => {
     return p;
   }
 
+  /** SIGKILL `a` while `held` is open, release it, start a fresh worker; the run, settled and succeeded. */
+  async function killThenResume(a: Proc, held: { release: () => void }, url: string, runId: string) {
+    a.kill("SIGKILL");
+    await a.exited;
+    held.release();
+    processWorker(url);
+    const done = await settled(runId);
+    expect(done.status, a.output()).toBe("succeeded");
+    return done;
+  }
+
   it("SIGKILL after summarising, before the answer: the resumed run does not summarise again", async () => {
     const m = await modelServer();
     const held = m.hold((b) => !isSummariser(b));
@@ -243,12 +254,7 @@ describe("bounded context", () => {
     const run = await ask(threadId, "#121: and now?");
     await held.arrived;
     const before = await summaryRows(threadId);
-    a.kill("SIGKILL");
-    await a.exited;
-    held.release();
-    processWorker(m.server.url);
-    const done = await settled(run.id);
-    expect(done.status, a.output()).toBe("succeeded");
+    const done = await killThenResume(a, held, m.server.url, run.id);
     expect(done.attempts).toBe(2);
 
     const rows = await summaryRows(threadId);
@@ -273,12 +279,7 @@ describe("bounded context", () => {
     const run = await ask(threadId, "#121: and now?");
     await held.arrived;
     const heldRange = rangeOf(m.summaries()[1]!);
-    a.kill("SIGKILL");
-    await a.exited;
-    held.release();
-    processWorker(m.server.url);
-    const done = await settled(run.id);
-    expect(done.status, a.output()).toBe("succeeded");
+    await killThenResume(a, held, m.server.url, run.id);
 
     const rows = await summaryRows(threadId);
     expectChain(rows);

@@ -19,7 +19,11 @@
  * Admission tries the upper bound first. Only when that does not fit but the
  * likely estimate does (the last stretch of a budget) does a call go ahead
  * on the likely estimate, and then only one such call per tenant per worker
- * process at a time (a local slot held until it settles).
+ * process at a time (a local slot held until it settles). When not even the
+ * likely estimate fits, but would without the calls in flight (whose
+ * reservations are upper bounds and mostly settle lower), the call waits for
+ * them (re-checking, up to `inFlightWaitMs`) rather than failing a run while
+ * budget remains; a budget spent by settled usage alone is refused at once.
  *
  * ## The bound: spend ≤ budget + one in-flight call per worker
  *
@@ -59,7 +63,7 @@ import type { Queryable } from "../state/db.js";
 import { readBudgetStatus, utcDay, type BudgetStatus, type TenantBudget } from "../state/usage.js";
 import type { BudgetPeriodSpec, BudgetStore, StoreReserveResult } from "./budget-store.js";
 import { exactEstimate, type TokenEstimate } from "./estimate.js";
-import { KeyedSlots } from "./util.js";
+import { abortableSleep, KeyedSlots } from "./util.js";
 
 export type BudgetPeriod = "day" | "month";
 
@@ -82,6 +86,16 @@ export interface BudgetGuardOptions {
   budgetCacheMs?: number;
   /** Longest wait for the per-tenant local slot (last stretch, fallback). Default 300,000 ms. */
   slotWaitMs?: number;
+  /**
+   * When a call does not fit only because of calls in flight (their
+   * reservations are upper bounds, and most settle lower), wait this long at
+   * most for them to settle before refusing. Default 60,000 ms; 0 refuses
+   * at once. A budget that is truly spent (used alone leaves no room) is
+   * refused at once either way.
+   */
+  inFlightWaitMs?: number;
+  /** How often such a wait re-checks. Default 250 ms. */
+  inFlightPollMs?: number;
   /** Clock (tests). */
   now?: () => number;
   hooks?: BudgetGuardHooks;
@@ -167,6 +181,20 @@ function periodsOf(tenantId: string, budget: TenantBudget, nowMs: number): Perio
   return out;
 }
 
+/** Internal: refused only because of reservations in flight; `reserve` waits and retries. */
+class InFlightFull extends Error {
+  readonly used: number;
+  readonly reserved: number;
+  constructor(
+    readonly period: Period,
+    res: { used: number; reserved: number },
+  ) {
+    super("budget held by calls in flight");
+    this.used = res.used;
+    this.reserved = res.reserved;
+  }
+}
+
 function exceeded(p: Period, used: number, needed: number): CapstanError {
   const which = p.name === "day" ? "daily" : "monthly";
   return new CapstanError(
@@ -185,6 +213,8 @@ export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
   const resyncMs = opts.resyncMs ?? 60_000;
   const budgetCacheMs = opts.budgetCacheMs ?? 5_000;
   const slotWaitMs = opts.slotWaitMs ?? 300_000;
+  const inFlightWaitMs = opts.inFlightWaitMs ?? 60_000;
+  const inFlightPollMs = opts.inFlightPollMs ?? 250;
   const now = opts.now ?? Date.now;
   const slots = new KeyedSlots();
   const budgets = new Map<string, { budget: TenantBudget; expiresAt: number }>();
@@ -384,6 +414,8 @@ export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
   ): Promise<Reservation> {
     const refuse = (res: { period: number; used: number; reserved: number }): never => {
       const p = periods[res.period] ?? periods[0]!;
+      // Room that calls in flight hold (at their upper bound) may come back when they settle.
+      if (res.reserved > 0 && p.budget - res.used >= est.likely) throw new InFlightFull(p, res);
       opts.hooks?.onRefused?.({ tenantId: input.tenantId, period: p.name });
       throw exceeded(p, res.used + res.reserved, est.likely);
     };
@@ -424,11 +456,19 @@ export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
       const periods = periodsOf(input.tenantId, budget, t);
       const id = `${input.runId}:${input.stepNo}:${randomBytes(4).toString("hex")}`;
       if (periods.length === 0) return makeReservation(input, "none", 0, est, id, periods);
-      try {
-        return await shared(input, est, day, periods, id);
-      } catch (err) {
-        if (isCapstanError(err, "redis_unavailable")) return fallback(input, est, day, periods, id, err);
-        throw err;
+      const waitUntil = now() + inFlightWaitMs;
+      for (;;) {
+        try {
+          return await shared(input, est, day, periods, id);
+        } catch (err) {
+          if (isCapstanError(err, "redis_unavailable")) return fallback(input, est, day, periods, id, err);
+          if (!(err instanceof InFlightFull)) throw err;
+          if (now() >= waitUntil) {
+            opts.hooks?.onRefused?.({ tenantId: input.tenantId, period: err.period.name });
+            throw exceeded(err.period, err.used + err.reserved, est.likely);
+          }
+          await abortableSleep(Math.min(inFlightPollMs, Math.max(1, waitUntil - now())), input.signal);
+        }
       }
     },
     async close() {

@@ -39,13 +39,16 @@ function redisBackend(url = REDIS_URL): CostBackend {
 
 function guard(
   b: CostBackend | { budget: CostBackend["budget"] },
-  extra: { reservationTtlMs?: number; resyncMs?: number } = {},
+  extra: { reservationTtlMs?: number; resyncMs?: number; inFlightWaitMs?: number } = {},
 ): BudgetGuard {
   const g = createBudgetGuard({
     db: t.db,
     store: b.budget,
     logger: silentLogger(),
     budgetCacheMs: 0,
+    // These tests pin the admission rules: refuse at once (the wait for calls
+    // in flight has its own test).
+    inFlightWaitMs: 0,
     ...extra,
   });
   opened.push(g);
@@ -164,6 +167,52 @@ describe("budget guard on Redis, two workers", () => {
     const used = (await readBudgetStatus(t.db, tenantId))!.dayUsed;
     expect(used).toBe(2_050);
     expect(used).toBeLessThanOrEqual(1_000 + 2 * 900);
+  });
+
+  it("a call that fits once the calls in flight settle waits for them instead of failing", async () => {
+    const tenantId = await tenantWithBudget(1_000);
+    const w1 = guard(redisBackend());
+    const w2 = guard(redisBackend(), { inFlightWaitMs: 30_000 });
+    const a = await w1.reserve({ tenantId, runId: "a", stepNo: 0, estimate: est(300, 900) });
+    // 100 left beside a's 900 in flight, but a will likely spend less: b waits, not refused.
+    let settledB = false;
+    const b = w2.reserve({ tenantId, runId: "b", stepNo: 0, estimate: est(300, 900) }).finally(() => {
+      settledB = true;
+    });
+    await new Promise((r) => setTimeout(r, 600)); // several of the waiter's re-checks
+    expect(settledB).toBe(false);
+    await spend(tenantId, a, 250);
+    const rb = await b;
+    expect(rb.mode).toBe("serialised"); // 750 left: the likely estimate fits, the bound does not
+    await spend(tenantId, rb, 700);
+    // 950 used: nothing in flight can free room, so a call is refused at once.
+    const started = Date.now();
+    await expect(w2.reserve({ tenantId, runId: "c", stepNo: 0, estimate: est(300, 900) })).rejects.toSatisfy(
+      refusedWithBudgetCode,
+    );
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it("the wait for calls in flight is bounded and honours the AbortSignal", async () => {
+    const tenantId = await tenantWithBudget(1_000);
+    const w1 = guard(redisBackend());
+    const a = await w1.reserve({ tenantId, runId: "a", stepNo: 0, estimate: est(300, 900) });
+    const bounded = guard(redisBackend(), { inFlightWaitMs: 300 });
+    await expect(
+      bounded.reserve({ tenantId, runId: "b", stepNo: 0, estimate: est(300, 900) }),
+    ).rejects.toSatisfy(refusedWithBudgetCode);
+    const patient = guard(redisBackend(), { inFlightWaitMs: 60_000 });
+    const ac = new AbortController();
+    const waiting = patient.reserve({
+      tenantId,
+      runId: "c",
+      stepNo: 0,
+      estimate: est(300, 900),
+      signal: ac.signal,
+    });
+    ac.abort(new Error("cancelled"));
+    await expect(waiting).rejects.toThrow("cancelled");
+    await a.release();
   });
 
   it("a crashed worker's reservation lapses; a live one is extended past its TTL", async () => {
@@ -322,6 +371,7 @@ describe("budget guard on the memory store (one process)", () => {
       logger: silentLogger(),
       budgetCacheMs: 0,
       reservationTtlMs: 1_000,
+      inFlightWaitMs: 0,
       now: () => now,
     });
     opened.push(g);

@@ -129,6 +129,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
       url: settings.database.url,
       poolSize: settings.database.poolSize,
       statementTimeoutMs: settings.database.statementTimeoutMs,
+      preparedStatements: settings.database.preparedStatements,
       logger,
       applicationName: `capstan-${opts.role}`,
     });

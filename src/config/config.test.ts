@@ -27,6 +27,15 @@ describe("resolveSettings", () => {
     }
   });
 
+  it("prepared statements are on by default and can be switched off for poolers", () => {
+    expect(resolveSettings({}).database.preparedStatements).toBe(true);
+    const off = resolveSettings({ env: { CAPSTAN_DB_PREPARED_STATEMENTS: "off" } });
+    expect(off.database.preparedStatements).toBe(false);
+    expect(() => resolveSettings({ env: { CAPSTAN_DB_PREPARED_STATEMENTS: "sometimes" } })).toThrow(
+      /database\.preparedStatements.*CAPSTAN_DB_PREPARED_STATEMENTS/s,
+    );
+  });
+
   it("refuses unknown keys and a heartbeat too close to the lease", () => {
     expect(() => resolveSettings({ file: { wrker: {} } })).toThrow(/wrker/);
     expect(() => resolveSettings({ flags: { worker: { leaseMs: 2000, heartbeatMs: 1500 } } })).toThrow(

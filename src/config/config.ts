@@ -28,9 +28,15 @@ export const settingsSchema = z
         url: z.string().url().optional(),
         poolSize: posInt.default(10),
         statementTimeoutMs: posInt.default(30_000),
+        /**
+         * Named (prepared) statements for the hot journal write. Turn off behind
+         * a pooler that cannot track them (PgBouncer in transaction mode before
+         * 1.21, or with max_prepared_statements = 0).
+         */
+        preparedStatements: z.boolean().default(true),
       })
       .strict()
-      .default({ poolSize: 10, statementTimeoutMs: 30_000 }),
+      .default({ poolSize: 10, statementTimeoutMs: 30_000, preparedStatements: true }),
     /** Directory for embedded data (PGlite files). */
     dataDir: z.string().min(1).default(".capstan"),
     redis: z
@@ -156,6 +162,16 @@ type EnvSpec =
   /** A variable that sets zero or more settings (a switch, a list of headers, a derived URL). */
   | { kind: "custom"; apply: (raw: string) => [path: string[], value: unknown][] };
 
+/** `true`/`on`/`1` or `false`/`off`/`0`; anything else is passed on and reported as invalid. */
+function onOff(raw: string): unknown {
+  const v = raw.trim().toLowerCase();
+  return ["true", "on", "1", "yes"].includes(v)
+    ? true
+    : ["false", "off", "0", "no"].includes(v)
+      ? false
+      : raw;
+}
+
 /** `CAPSTAN_TRACING`: `otlp` turns tracing on, `off`/`none` off; anything else is reported as invalid. */
 function tracingSwitch(raw: string): [string[], unknown][] {
   const v = raw.trim().toLowerCase();
@@ -196,6 +212,10 @@ function otlpHeaders(raw: string): [string[], unknown][] {
 const ENV: Record<string, EnvSpec> = {
   DATABASE_URL: { path: ["database", "url"], kind: "string" },
   CAPSTAN_DB_POOL_SIZE: { path: ["database", "poolSize"], kind: "int" },
+  CAPSTAN_DB_PREPARED_STATEMENTS: {
+    kind: "custom",
+    apply: (raw) => [[["database", "preparedStatements"], onOff(raw)]],
+  },
   CAPSTAN_DATA_DIR: { path: ["dataDir"], kind: "string" },
   REDIS_URL: { path: ["redis", "url"], kind: "string" },
   CAPSTAN_REDIS_PREFIX: { path: ["redis", "keyPrefix"], kind: "string" },

@@ -17,9 +17,9 @@ export interface Queryable {
 }
 
 /** `Queryable.query` over a node-postgres pool or client. */
-function pgQuery(target: pg.Pool | pg.PoolClient): Queryable["query"] {
+function pgQuery(target: pg.Pool | pg.PoolClient, prepared = true): Queryable["query"] {
   return <R extends pg.QueryResultRow>(text: string, params?: unknown[], opts?: { name?: string }) =>
-    opts?.name
+    prepared && opts?.name
       ? target.query<R>({ name: opts.name, text, values: params ?? [] })
       : target.query<R>(text, params);
 }
@@ -64,10 +64,10 @@ export interface Db extends Queryable {
  * whole transaction back, so it is retried (a few times, with jitter) rather
  * than surfaced: transaction bodies here touch only the database.
  */
-async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promise<T> {
+async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>, prepared = true): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await runTxOnce(pool, fn);
+      return await runTxOnce(pool, fn, prepared);
     } catch (err) {
       const code = (err as { code?: unknown } | null)?.code;
       if (attempt >= 4 || (code !== "40P01" && code !== "40001")) throw err;
@@ -76,7 +76,7 @@ async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promis
   }
 }
 
-async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Promise<T> {
+async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>, prepared: boolean): Promise<T> {
   const client = await pool.connect();
   let broken: unknown;
   // A checked-out client has no error listener of the pool's: without this one,
@@ -85,7 +85,7 @@ async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>): Pr
   client.on("error", onError);
   try {
     await client.query("BEGIN");
-    const out = await fn({ query: pgQuery(client) });
+    const out = await fn({ query: pgQuery(client, prepared) });
     await client.query("COMMIT");
     return out;
   } catch (err) {
@@ -108,6 +108,8 @@ export interface PgDbOptions {
   logger: Logger;
   /** Per-statement timeout; protects the pool from runaway queries. */
   statementTimeoutMs?: number;
+  /** Honour `opts.name` (prepared statements). Default true; off behind poolers that cannot. */
+  preparedStatements?: boolean;
   applicationName?: string;
 }
 
@@ -123,13 +125,14 @@ export function createPgDb(opts: PgDbOptions): Db {
   });
   // An idle client erroring (server restart) must not crash the process.
   pool.on("error", (err) => opts.logger.warn({ err }, "postgres pool client error"));
+  const prepared = opts.preparedStatements ?? true;
 
   const listeners = new Set<{ close(): Promise<void> }>();
 
   return {
     kind: "postgres",
-    query: pgQuery(pool),
-    tx: (fn) => runTx(pool, fn),
+    query: pgQuery(pool, prepared),
+    tx: (fn) => runTx(pool, fn, prepared),
     async listen(channel, onNotify, onReconnect) {
       const l = startPgListener(opts, channel, onNotify, onReconnect);
       listeners.add(l);

@@ -56,9 +56,30 @@ export const settingsSchema = z
         bodyLimitBytes: posInt.default(1_048_576),
         /** Requests per API key per minute, shared by all ingress replicas (0 disables). */
         rateLimitPerMinute: nonNegInt.default(600),
+        /**
+         * Failed API-key lookups per client address per minute, shared by all
+         * replicas; past it the client gets 429 without a database lookup, so a
+         * flood of garbage keys cannot load PostgreSQL (0 disables).
+         */
+        authFailuresPerMinute: nonNegInt.default(30),
+        /**
+         * Which proxies' `X-Forwarded-For` to trust for the client address
+         * (Fastify `trustProxy`): false (the socket's peer), true (any), or a
+         * comma-separated list of proxy addresses/CIDRs (e.g. the load
+         * balancer's subnet; Fastify ignores bare hop counts as spoofable).
+         * Behind a load balancer, set it, or every client shares its address.
+         */
+        trustProxy: z.union([z.boolean(), z.string().min(1)]).default(false),
       })
       .strict()
-      .default({ host: "127.0.0.1", port: 7070, bodyLimitBytes: 1_048_576, rateLimitPerMinute: 600 }),
+      .default({
+        host: "127.0.0.1",
+        port: 7070,
+        bodyLimitBytes: 1_048_576,
+        rateLimitPerMinute: 600,
+        authFailuresPerMinute: 30,
+        trustProxy: false,
+      }),
     worker: z
       .object({
         /** Stable id in logs and leases; default host:pid:random. */
@@ -162,6 +183,12 @@ type EnvSpec =
   /** A variable that sets zero or more settings (a switch, a list of headers, a derived URL). */
   | { kind: "custom"; apply: (raw: string) => [path: string[], value: unknown][] };
 
+/** `CAPSTAN_TRUST_PROXY`: true/false, or a list of proxy addresses/CIDRs as given. */
+function trustProxyValue(raw: string): unknown {
+  const b = onOff(raw);
+  return typeof b === "boolean" ? b : raw.trim();
+}
+
 /** `true`/`on`/`1` or `false`/`off`/`0`; anything else is passed on and reported as invalid. */
 function onOff(raw: string): unknown {
   const v = raw.trim().toLowerCase();
@@ -221,6 +248,8 @@ const ENV: Record<string, EnvSpec> = {
   CAPSTAN_REDIS_PREFIX: { path: ["redis", "keyPrefix"], kind: "string" },
   CAPSTAN_REDIS_FAILURE_POLICY: { path: ["redis", "failurePolicy"], kind: "string" },
   CAPSTAN_RATE_LIMIT_PER_MINUTE: { path: ["http", "rateLimitPerMinute"], kind: "int" },
+  CAPSTAN_AUTH_FAILURES_PER_MINUTE: { path: ["http", "authFailuresPerMinute"], kind: "int" },
+  CAPSTAN_TRUST_PROXY: { kind: "custom", apply: (raw) => [[["http", "trustProxy"], trustProxyValue(raw)]] },
   CAPSTAN_OPS_PORT: { path: ["worker", "opsPort"], kind: "int" },
   HOST: { path: ["http", "host"], kind: "string" },
   PORT: { path: ["http", "port"], kind: "int" },

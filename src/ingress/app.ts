@@ -108,7 +108,19 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
       return work;
     },
   };
-  const auth = createAuthenticator(deps.db, deps.auth);
+  const authFailures = deps.settings.http.authFailuresPerMinute;
+  const auth = createAuthenticator(deps.db, {
+    ...deps.auth,
+    ...(authFailures > 0
+      ? {
+          failures: {
+            limiter: deps.coord.rateLimiter,
+            rule: { points: authFailures, durationMs: 60_000 },
+            onRefused: () => metrics.base.rateLimitRejections.inc({ scope: "auth_failures" }),
+          },
+        }
+      : {}),
+  });
   const rule = deps.rateLimit === undefined ? DEFAULT_RATE_LIMIT : deps.rateLimit;
   const rateCheck =
     rule === false
@@ -126,6 +138,8 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
   const app = Fastify({
     loggerInstance: fastifyLogger,
     bodyLimit: deps.settings.http.bodyLimitBytes,
+    // The client address (`req.ip`, per-client auth-failure limits) behind proxies the operator trusts.
+    trustProxy: deps.settings.http.trustProxy,
     // Honour a sane caller-supplied id (tracing across services), else mint one.
     genReqId: (req) => {
       const h = req.headers["x-request-id"];
@@ -207,7 +221,7 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
   await app.register(
     async (v1) => {
       v1.addHook("onRequest", async (req, reply) => {
-        const principal = await auth.authenticate(req.headers.authorization);
+        const principal = await auth.authenticate(req.headers.authorization, req.ip);
         req.principal = principal;
         req.log = req.log.child({ tenantId: principal.tenantId });
         if (rateCheck) await rateCheck(principal.keyId, reply);

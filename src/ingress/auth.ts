@@ -3,8 +3,16 @@
  * memory for at most `ttlMs` (bounded entries, oldest evicted first), so a
  * revoked key stops working within that time on every replica; unknown keys
  * are never cached (they would let a flood of garbage keys evict good ones).
+ *
+ * Failed lookups are counted per client address in the shared rate limiter;
+ * a client past `failures.rule` is refused (429) before the database is asked,
+ * so guessing keys, or a misconfigured client retrying a revoked one, cannot
+ * load PostgreSQL. Successful lookups cost nothing there, so many keys behind
+ * one address (a customer's backend) are not limited by it. When the limiter
+ * is unavailable the lookup goes ahead (fail open: the database still answers).
  */
 import { createHash } from "node:crypto";
+import type { RateLimiter, RateLimitRule } from "../coord/types.js";
 import { CapstanError } from "../errors.js";
 import type { Queryable } from "../state/db.js";
 import { authenticateApiKey } from "../state/tenants.js";
@@ -19,13 +27,18 @@ export interface AuthOptions {
   cacheTtlMs?: number;
   /** Most cached keys. Default 10,000. */
   cacheMaxEntries?: number;
+  /** Limit failed lookups per client address (see above). */
+  failures?: { limiter: RateLimiter; rule: RateLimitRule; onRefused?: () => void };
 }
 
 const MAX_KEY_CHARS = 256;
 
 export interface Authenticator {
-  /** The principal for an `Authorization` header value; throws `unauthorized`. */
-  authenticate(header: string | undefined): Promise<Principal>;
+  /**
+   * The principal for an `Authorization` header value; throws `unauthorized`,
+   * or `rate_limited` when `client` (its address) failed too often.
+   */
+  authenticate(header: string | undefined, client?: string): Promise<Principal>;
   /** Cached entries (for tests and metrics). */
   size(): number;
 }
@@ -41,7 +54,7 @@ export function createAuthenticator(db: Queryable, opts: AuthOptions = {}): Auth
   const cache = new Map<string, Principal & { expiresAt: number }>();
 
   return {
-    async authenticate(header) {
+    async authenticate(header, client) {
       if (!header) throw unauthorized("missing Authorization header: send `Authorization: Bearer <api key>`");
       const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
       if (!m) throw unauthorized("malformed Authorization header: expected `Bearer <api key>`");
@@ -53,8 +66,29 @@ export function createAuthenticator(db: Queryable, opts: AuthOptions = {}): Auth
       if (hit && hit.expiresAt > now) return { tenantId: hit.tenantId, keyId: hit.keyId };
       if (hit) cache.delete(h);
 
+      const failures = client !== undefined ? opts.failures : undefined;
+      const bucket = `authfail:${client}`;
+      if (failures) {
+        // A zero-cost take reads the bucket without spending it.
+        const peek = await failures.limiter.consume(bucket, failures.rule, 0).catch(() => undefined);
+        if (peek && peek.remaining < 1) {
+          failures.onRefused?.();
+          const retryAfterSeconds = Math.max(
+            1,
+            Math.ceil(failures.rule.durationMs / failures.rule.points / 1000),
+          );
+          throw new CapstanError(
+            "rate_limited",
+            `too many failed API-key attempts from this client; retry in ${retryAfterSeconds} s`,
+            { details: { retryAfterSeconds } },
+          );
+        }
+      }
       const found = await authenticateApiKey(db, secret);
-      if (!found) throw unauthorized("invalid or revoked API key");
+      if (!found) {
+        if (failures) await failures.limiter.consume(bucket, failures.rule, 1).catch(() => undefined);
+        throw unauthorized("invalid or revoked API key");
+      }
       if (ttlMs > 0) {
         cache.set(h, { ...found, expiresAt: now + ttlMs });
         while (cache.size > maxEntries) {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { resolveSettings } from "../../src/config/config.js";
 import { call, createHarness, metric, obj, type Harness } from "./harness.js";
 
 let h: Harness;
@@ -78,5 +79,39 @@ describe("per-API-key rate limit (token bucket in Redis)", () => {
     expect(
       (await h.t.db.query("SELECT count(*) AS n FROM threads WHERE tenant_id = $1", [ten.id])).rows[0]!.n,
     ).toBe(0);
+  });
+
+  it("failed key lookups are limited per client address, before the database is asked", async () => {
+    const api = await h.start({
+      settings: resolveSettings({ flags: { http: { authFailuresPerMinute: 3, trustProxy: "127.0.0.1" } } }),
+    });
+    const from = (ip: string) => ({ headers: { "x-forwarded-for": ip } });
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      statuses.push(
+        (await call(api.url, "POST", "/v1/threads", { key: `bogus-${i}`, json: {}, ...from("10.0.0.1") }))
+          .status,
+      );
+    }
+    expect(statuses).toEqual([401, 401, 401]);
+    const refused = await call(api.url, "POST", "/v1/threads", {
+      key: "bogus-4",
+      json: {},
+      ...from("10.0.0.1"),
+    });
+    expect(refused.status).toBe(429);
+    expect(obj(refused.body)).toMatchObject({ code: "rate_limited" });
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(await metric(api.url, "capstan_rate_limit_rejections_total", '{scope="auth_failures"}')).toBe(1);
+    // Another address is independent, and good keys never count against an address.
+    expect(
+      (await call(api.url, "POST", "/v1/threads", { key: "bogus-5", json: {}, ...from("10.0.0.2") })).status,
+    ).toBe(401);
+    const ten = await h.tenant();
+    for (let i = 0; i < 5; i++) {
+      expect(
+        (await call(api.url, "POST", "/v1/threads", { key: ten.key, json: {}, ...from("10.0.0.2") })).status,
+      ).toBe(201);
+    }
   });
 });

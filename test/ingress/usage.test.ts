@@ -239,8 +239,13 @@ describe("a run's usage and steps: cached input tokens, estimated cost, cache hi
     });
     expect(created.status, created.text).toBe(202);
     const runId = obj(created.body).id as string;
-    // Before any call: no tokens, no cost (creation answers without a cost: nothing was read).
-    expect(obj(created.body).usage).toEqual({ input_tokens: 0, output_tokens: 0, cached_input_tokens: 0 });
+    // Before any call: no tokens, no cost; every run answer carries the cost when prices are set.
+    expect(obj(created.body).usage).toEqual({
+      input_tokens: 0,
+      output_tokens: 0,
+      cached_input_tokens: 0,
+      estimated_cost: 0,
+    });
 
     // A worker journals a call (1,000,000 in of which 400,000 cached, 100,000 out) and a
     // response-cache hit that saved 1,500 tokens. Other tenants' queued runs may come first.
@@ -297,6 +302,20 @@ describe("a run's usage and steps: cached input tokens, estimated cost, cache hi
       output_tokens: 100_000,
       cached_input_tokens: 400_000,
     });
+    // Cancel answers carry it too (computed inside the cancel's transaction).
+    const th2 = await call(api.url, "POST", "/v1/threads", { key: t.key, json: {} });
+    const queued = await call(api.url, "POST", `/v1/threads/${String(obj(th2.body).id)}/runs`, {
+      key: t.key,
+      json: { agent: "echo", input: "never mind" },
+    });
+    const cancelled = await call(api.url, "POST", `/v1/runs/${String(obj(queued.body).id)}/cancel`, {
+      key: t.key,
+      json: {},
+      headers: { "idempotency-key": "cancel-priced" },
+    });
+    expect(cancelled.status, cancelled.text).toBe(200);
+    expect(obj(obj(cancelled.body).usage).estimated_cost).toBe(0);
+
     const otherPrices = await h.start({ prices: { [M2]: { inputPerMTok: 3, outputPerMTok: 15 } } });
     const o = await call(otherPrices.url, "GET", `/v1/runs/${runId}`, { key: t.key });
     expect(obj(obj(o.body).usage).estimated_cost).toBeNull();

@@ -18,16 +18,16 @@ import { runCost, type PriceTable } from "../../cost/pricing.js";
 const emptyBody = z.strictObject({});
 
 export interface RunRouteOptions {
-  /** The price table (`models.prices`): GET /v1/runs/:id and /wait then carry `usage.estimated_cost`. */
+  /** The price table (`models.prices`): every run answer then carries `usage.estimated_cost`. */
   prices?: PriceTable | undefined;
 }
 
 /** Run endpoints (DESIGN §11), except the event stream (./events.ts). Tenant-scoped throughout. */
 export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRouteOptions = {}): void {
   const prices = opts.prices && Object.keys(opts.prices).length > 0 ? opts.prices : undefined;
-  /** A run with its estimated cost when there is a price table (one more query). */
-  const viewWithCost = async (run: Run): Promise<RunJson> =>
-    runView(run, prices ? await runCost(ctx.db, run.id, prices) : undefined);
+  /** A run with its estimated cost when there is a price table (one more query, on `db`). */
+  const viewWithCost = async (run: Run, db: Db = ctx.db): Promise<RunJson> =>
+    runView(run, prices ? await runCost(db, run.id, prices) : undefined);
 
   const publish = (events: RunEvent[]) =>
     publishPersisted({ events: ctx.coord.events, logger: ctx.logger, metrics: ctx.metrics }, events);
@@ -74,7 +74,10 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
     });
     await publish(result.events);
     if (!result.created) reply.header("idempotent-replayed", "true");
-    return reply.code(202).header("location", `/v1/runs/${result.run.id}`).send(runView(result.run));
+    return reply
+      .code(202)
+      .header("location", `/v1/runs/${result.run.id}`)
+      .send(await viewWithCost(result.run));
   });
 
   app.get("/runs/:id", async (req): Promise<RunJson> => {
@@ -103,7 +106,7 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
     const body = parseOr400(emptyBody, req.body ?? {}, "body");
     const cancel = async (db: Db) => {
       const { run, events } = await cancelRun(db, tenantId, runId);
-      return { response: { statusCode: 200, body: runView(run) }, extra: events };
+      return { response: { statusCode: 200, body: await viewWithCost(run, db) }, extra: events };
     };
     const out = key
       ? await withIdempotencyKey(
@@ -123,7 +126,10 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
     const body = parseOr400(resumeBody, req.body, "body");
     const decision = { decision: body.decision, ...(body.input !== undefined ? { input: body.input } : {}) };
     const resume = async (db: Db) => ({
-      response: { statusCode: 200, body: runView(await resumeRun(db, tenantId, runId, decision)) },
+      response: {
+        statusCode: 200,
+        body: await viewWithCost(await resumeRun(db, tenantId, runId, decision), db),
+      },
     });
     const out = key
       ? await withIdempotencyKey(

@@ -7,7 +7,7 @@ import {
   type Attributes,
   type Span,
 } from "@opentelemetry/api";
-import type { ClaimedRun } from "../state/types.js";
+import { toTraceContext, type ClaimedRun } from "../state/types.js";
 import type { RunOutcomeLabel } from "./metrics.js";
 import type { Tracing } from "./tracing.js";
 import { neverThrows, type StepObservation, type WorkerMetricsHooks } from "./worker-hooks.js";
@@ -66,10 +66,14 @@ export function tracingHooks(tracing: Tracing, opts: { now?: () => number } = {}
     hooks: {
       onClaim: safe((run: ClaimedRun) => {
         const parent = run.traceContext ? tracing.extract({ ...run.traceContext }) : ROOT_CONTEXT;
+        // A resumed run stays in the trace that created it; the resume request is linked.
+        const resumedBy = toTraceContext(run.resume?.trace);
+        const link = resumedBy ? trace.getSpanContext(tracing.extract({ ...resumedBy })) : undefined;
         const span = tracing.tracer.startSpan(
           `invoke_agent ${run.agent}`,
           {
             kind: SpanKind.CONSUMER,
+            ...(link ? { links: [{ context: link, attributes: { "capstan.link": "resume" } }] } : {}),
             attributes: {
               [GEN_AI.operation]: "invoke_agent",
               [GEN_AI.agentName]: run.agent,

@@ -183,6 +183,27 @@ describe("tracingHooks", () => {
   });
 });
 
+describe("resumed runs", () => {
+  it("stay in the creating trace and link the resume request", async () => {
+    const t = setup();
+    const wt = tracingHooks(t.tracing);
+    const RESUME_TRACE = "0af7651916cd43dd8448eb211c80319c";
+    const RESUME_SPAN = "b7ad6b7169203331";
+    const run = {
+      ...claimed("run-3", { traceparent: `00-${TRACE}-${PARENT}-01` }),
+      resume: { decision: "approve", trace: { traceparent: `00-${RESUME_TRACE}-${RESUME_SPAN}-01` } },
+    } as ClaimedRun;
+    wt.hooks.onClaim(run);
+    wt.hooks.onRunEnd(run, "succeeded", 10);
+    const [span] = await finished(t);
+    expect(span?.spanContext().traceId).toBe(TRACE);
+    expect(span?.links.map((l) => [l.context.traceId, l.context.spanId, l.attributes])).toEqual([
+      [RESUME_TRACE, RESUME_SPAN, { "capstan.link": "resume" }],
+    ]);
+    await t.tracing.shutdown();
+  });
+});
+
 describe("composeWorkerHooks", () => {
   it("calls every set in order and isolates a throwing hook", () => {
     const calls: string[] = [];

@@ -124,7 +124,12 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
     const runId = pathId(req.params, "run");
     const key = idempotencyKeyOf(req);
     const body = parseOr400(resumeBody, req.body, "body");
-    const decision = { decision: body.decision, ...(body.input !== undefined ? { input: body.input } : {}) };
+    const decision = {
+      decision: body.decision,
+      ...(body.input !== undefined ? { input: body.input } : {}),
+      // Tracing on: the resumed attempt's span links to this request.
+      ...(req.traceContext ? { trace: req.traceContext } : {}),
+    };
     const resume = async (db: Db) => ({
       response: {
         statusCode: 200,

@@ -45,6 +45,12 @@ export interface RunContext {
   deltaFlushMs: number;
   hooks: Partial<WorkerMetricsHooks>;
   services: RunServices;
+  /**
+   * False once this worker can no longer be sure it holds the run's lease
+   * (no successful heartbeat in time): non-pure tools must not start then.
+   * Absent: assumed true (embedded tests driving the loop directly).
+   */
+  leaseValid?: () => boolean;
 }
 
 export type RunOutcome = "succeeded" | "failed" | "waiting" | "released" | "aborted";

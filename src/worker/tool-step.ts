@@ -1,4 +1,5 @@
 import type { ToolDefinition } from "../agent/types.js";
+import { LeaseLostError } from "../errors.js";
 import { appendPureToolStep, recordToolIntent, recordToolOutcome } from "../state/journal.js";
 import type { NewEvent, RunError, Step } from "../state/types.js";
 import { outcomeOfStep, type ToolOutcome } from "./messages.js";
@@ -119,6 +120,11 @@ async function execute(
     },
   };
   await publisher.coarse(await recordToolIntent(db, run.lease, step, [startEvent]));
+  // The intent is committed, but this process may have been paused since (GC, SIGSTOP, a frozen
+  // VM) past its lease: another worker may own the step by now and a human may have approved a
+  // re-run. PostgreSQL fences our writes, not the tool's effect, so never start one then.
+  if (def.effect !== "pure" && ctx.leaseValid?.() === false)
+    throw new LeaseLostError(run.id, run.lease.epoch);
 
   const startedAt = Date.now();
   const timeout = AbortSignal.timeout(def.timeoutMs);

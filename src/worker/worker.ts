@@ -52,7 +52,18 @@ interface Active {
   run: ClaimedRun;
   controller: AbortController;
   done: Promise<void>;
+  /**
+   * Until when (monotonic clock, ms) this worker can be sure it still holds
+   * the lease: the start of the last successful heartbeat (or the claim) plus
+   * the lease, minus a margin. PostgreSQL fences every write, but not what a
+   * tool does outside it: past this instant another worker may own the run,
+   * so no non-pure tool may start, and the run is aborted.
+   */
+  leaseDeadline: number;
 }
+
+/** A monotonic clock: it keeps running while the process is paused (SIGSTOP, a VM freeze). */
+const monotonic = (): number => performance.now();
 
 export function createWorker(deps: WorkerDeps): Worker {
   const { db, settings } = deps;
@@ -67,9 +78,32 @@ export function createWorker(deps: WorkerDeps): Worker {
   let lastHeartbeatOk = Date.now();
 
   const abortRun = (runId: string, reason: Error) => active.get(runId)?.controller.abort(reason);
+  const leaseMs = settings.worker.leaseMs;
+  // The claim's lease started before the claim's answer arrived: keep a margin.
+  const leaseMargin = Math.max(200, Math.floor(leaseMs / 5));
+  let watchdog: NodeJS.Timeout | undefined;
+
+  /** Abort every run whose lease may have run out locally (e.g. after the process was paused). */
+  function checkLeaseDeadlines(): void {
+    const now = monotonic();
+    for (const a of active.values()) {
+      if (now < a.leaseDeadline || a.controller.signal.aborted) continue;
+      logger.warn(
+        { runId: a.run.id, overdueMs: Math.round(now - a.leaseDeadline) },
+        "the run's lease may have expired (no successful heartbeat in time; was the process paused?); aborting it locally",
+      );
+      a.controller.abort(new LeaseLostError(a.run.id, a.run.lease.epoch));
+    }
+  }
 
   function startRun(run: ClaimedRun): void {
     const controller = new AbortController();
+    const entry: Active = {
+      run,
+      controller,
+      done: Promise.resolve(),
+      leaseDeadline: monotonic() + leaseMs - leaseMargin,
+    };
     const runLogger = logger.child({ runId: run.id, tenantId: run.tenantId, attempt: run.attempts });
     const started = Date.now();
     deps.hooks?.onClaim?.(run);
@@ -103,6 +137,7 @@ export function createWorker(deps: WorkerDeps): Worker {
           deltaFlushMs: 25,
           hooks: deps.hooks ?? {},
           services: deps.services ?? {},
+          leaseValid: () => monotonic() < entry.leaseDeadline,
           ...(deps.retry ? { retry: deps.retry } : {}),
         });
         await publisher.drain();
@@ -115,17 +150,23 @@ export function createWorker(deps: WorkerDeps): Worker {
         claimer?.poke();
       }
     };
-    const done = deps.runScope ? deps.runScope(run, execute) : execute();
-    active.set(run.id, { run, controller, done });
+    active.set(run.id, entry);
+    entry.done = deps.runScope ? deps.runScope(run, execute) : execute();
   }
 
   async function beat(): Promise<void> {
     const leases = [...active.values()].map((a) => a.run.lease);
+    // The database extends each lease to (its now) + leaseMs, which is after this instant.
+    const sentAt = monotonic();
     try {
       const held = await heartbeat(db, leases, settings.worker.leaseMs);
       lastHeartbeatOk = Date.now();
       for (const l of leases) {
         if (!held.has(l.runId)) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
+        else {
+          const a = active.get(l.runId);
+          if (a && a.run.lease.epoch === l.epoch) a.leaseDeadline = sentAt + leaseMs - leaseMargin;
+        }
       }
     } catch (err) {
       logger.warn({ err }, "heartbeat failed");
@@ -165,6 +206,9 @@ export function createWorker(deps: WorkerDeps): Worker {
         );
       };
       tick();
+      // Frequent enough to notice a pause well inside the margin; overdue ticks fire first after SIGCONT.
+      watchdog = setInterval(checkLeaseDeadlines, Math.max(50, Math.min(250, Math.floor(leaseMs / 8))));
+      watchdog.unref();
       const sweep = () => {
         sweepTimer = setTimeout(() => {
           void pruneFinished(db, {
@@ -204,6 +248,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         await Promise.race([all(), new Promise((r) => setTimeout(r, 1_000))]);
       }
       if (hbTimer) clearTimeout(hbTimer);
+      if (watchdog) clearInterval(watchdog);
       await unlistenControl?.();
       logger.info("worker stopped");
     },

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createTestDb, until, type TestDb } from "../support/pg.js";
 import { startEffectsServer, type EffectsServer } from "../support/effects-server.js";
 import { killAll, spawnCapstan, type Proc } from "../support/procs.js";
-import { enqueueRun, getRun } from "../../src/state/scheduler.js";
+import { enqueueRun, getRun, resumeRun } from "../../src/state/scheduler.js";
 import { ensureTenant } from "../../src/state/tenants.js";
 import { createThread, readHistory } from "../../src/state/threads.js";
 import { readJournal } from "../../src/state/journal.js";
@@ -185,6 +185,56 @@ describe("worker crashes (real processes)", () => {
     expect(journal.map((s) => s.stepNo)).toEqual([0, 1, 2]);
     expect(await listEvents(t.db, run.id, 0, 1000)).toEqual(eventsBefore);
     expect(await readHistory(t.db, run.threadId)).toEqual(historyBefore);
+    expect(fx.performed.get(`${run.id}:1`)).toBe(1);
+  });
+
+  it("SIGSTOP between a side effect's intent and its call: after SIGCONT the stale worker does not perform it", async () => {
+    // What the long chaos run found: a worker paused right after committing the
+    // intent, its run was reclaimed (unknown outcome → a human approved a
+    // re-run), and on waking it performed the effect a second time.
+    const run = await start('email {"to": "b@example.com"}');
+    const client = new pg.Client({ connectionString: t.url });
+    await client.connect();
+    const a = worker({ CAPSTAN_LOG_LEVEL: "info" });
+    try {
+      // A conflicting uncommitted row: A's intent for step 1 blocks in PostgreSQL.
+      await client.query("BEGIN");
+      await client.query(
+        "INSERT INTO steps (run_id, step_no, kind, status, attempt, epoch) VALUES ($1, 1, 'tool', 'started', 0, 0)",
+        [run.id],
+      );
+      await until(
+        async () => {
+          const r = await t.db.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO steps%'",
+          );
+          return (r.rows[0]?.n ?? 0) > 0;
+        },
+        { what: "A's intent write to wait" },
+      );
+      a.kill("SIGSTOP");
+      await client.query("ROLLBACK"); // A's intent commits now, while A is paused
+    } finally {
+      await client.end();
+    }
+    await until(
+      async () =>
+        (await readJournal(t.db, run.id)).find((s) => s.stepNo === 1)?.status === "started" ? true : null,
+      { what: "the intent committed" },
+    );
+    worker();
+    const waiting = await settled(run.id);
+    expect(waiting.status).toBe("waiting");
+    expect(waiting.wait).toMatchObject({ reason: "unknown_outcome", step_no: 1 });
+    expect(fx.requests("side", `${run.id}:1`)).toBe(0); // A never got to call it
+    await resumeRun(t.db, tenantId, run.id, { decision: "approve" });
+    const done = await settled(run.id, ["succeeded", "failed"]);
+    expect(done.status).toBe("succeeded");
+    expect(fx.performed.get(`${run.id}:1`)).toBe(1);
+
+    a.kill("SIGCONT"); // A learns its intent committed, long after its lease ran out
+    await until(() => /"outcome":"aborted"/.test(a.output()), { timeoutMs: 15_000, what: "A to give up" });
+    expect(fx.requests("side", `${run.id}:1`)).toBe(1);
     expect(fx.performed.get(`${run.id}:1`)).toBe(1);
   });
 

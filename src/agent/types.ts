@@ -12,6 +12,12 @@ export type { Effect };
 export interface ToolContext {
   /** Stable per (run, tool call) across retries and workers: pass it to external APIs. */
   idempotencyKey: string;
+  /**
+   * The run's lease epoch: it grows every time a worker takes the run over.
+   * A resource that remembers the highest token seen per `idempotencyKey`
+   * and refuses lower ones fences out a paused worker that wakes mid-call.
+   */
+  fencingToken: number;
   /** Aborts on cancel, lease loss, timeout or shutdown. */
   signal: AbortSignal;
   runId: string;

@@ -149,6 +149,7 @@ async function execute(
     } else {
       const value: unknown = await def.run(step.args, {
         idempotencyKey: step.idempotencyKey,
+        fencingToken: run.lease.epoch,
         signal,
         runId: run.id,
         threadId: run.threadId,

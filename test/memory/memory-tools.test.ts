@@ -22,6 +22,7 @@ function ctx(over: Partial<ToolContext> = {}): ToolContext {
   const runId = over.runId ?? randomUUID();
   return {
     idempotencyKey: `${runId}:1`,
+    fencingToken: 1,
     signal: new AbortController().signal,
     runId,
     threadId: randomUUID(),

@@ -134,13 +134,15 @@ describe("reasoning loop", () => {
 
   it("pauses a requiresApproval tool until approved, and feeds a rejection back to the model", async () => {
     let executed = 0;
+    const tokens: number[] = [];
     const refund = tool({
       description: "Refund",
       input: z.object({ amount: z.number() }),
       effect: "idempotent",
       requiresApproval: true,
-      run: ({ amount }) => {
+      run: ({ amount }, ctx) => {
         executed++;
+        tokens.push(ctx.fencingToken);
         return { refunded: amount };
       },
     });
@@ -171,6 +173,9 @@ describe("reasoning loop", () => {
     const ok = await settled(a.id);
     expect(ok.status).toBe("succeeded");
     expect(executed).toBe(1);
+    // The fencing token is the epoch of the claim that ran the tool: the second (after the approval).
+    expect(tokens).toEqual([ok.leaseEpoch]);
+    expect(ok.leaseEpoch).toBeGreaterThanOrEqual(2);
 
     const b = await run("approver", "refund me too");
     await settled(b.id);

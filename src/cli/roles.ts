@@ -3,6 +3,7 @@ import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { readinessChecks, startOpsServer, type OpsServer } from "../observability/ops-server.js";
 import { workerMetricsHooks } from "../observability/worker-hooks.js";
 import { createWorker, type Worker, type WorkerDeps } from "../worker/worker.js";
+import { installLeaseGuard } from "../worker/lease-guard.js";
 import { composeWorkerHooks, tracingHooks } from "../observability/tracing-hooks.js";
 import type { Runtime } from "./runtime.js";
 
@@ -81,6 +82,8 @@ export async function startWorkerRole(
         }),
       })
     : undefined;
+  // Tools' fetch requests are written only while the run's lease is surely held (src/worker/lease-guard.ts).
+  const leaseGuard = installLeaseGuard();
   const worker = createWorker({
     db: rt.db,
     coord: rt.coord!,
@@ -88,7 +91,7 @@ export async function startWorkerRole(
     settings: rt.settings,
     logger: rt.logger,
     // Budgets, provider limits, caches and memory recall: without them a worker process runs uncontrolled.
-    services: rt.services,
+    services: { ...rt.services, leaseGuard },
     ...workerHooks(rt, metrics),
   });
   await worker.start();
@@ -100,6 +103,7 @@ export async function startWorkerRole(
     async stop() {
       draining = true;
       await worker.stop();
+      leaseGuard.uninstall();
       await ops?.close();
     },
   };

@@ -2,6 +2,7 @@ import type { Embedder } from "../agent/embeddings.js";
 import type { BudgetGuard } from "../cost/budget.js";
 import type { LlmCache, ToolCache } from "../cost/cache.js";
 import type { ProviderLimiter } from "../cost/provider-limits.js";
+import type { LeaseGuard } from "./lease-guard.js";
 
 /**
  * Optional services of the reasoning loop. Absent pieces simply do nothing
@@ -18,4 +19,6 @@ export interface RunServices {
     defaultMaxOutputTokens: number;
   };
   memory?: { embedder: Embedder };
+  /** Runs each tool call so its fetch requests are written only while the lease holds. */
+  leaseGuard?: Pick<LeaseGuard, "run">;
 }

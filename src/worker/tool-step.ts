@@ -147,20 +147,25 @@ async function execute(
     if (cached?.hit) {
       result = cached.hit.value;
     } else {
-      const value: unknown = await def.run(step.args, {
-        idempotencyKey: step.idempotencyKey,
-        fencingToken: run.lease.epoch,
-        signal,
-        runId: run.id,
-        threadId: run.threadId,
-        tenantId: run.tenantId,
-        toolCallId: step.toolCallId,
-        logger: ctx.logger.child({ stepNo: step.stepNo, tool: step.toolName }),
-        invalidate: async (tags) => {
-          if (!toolCache) return;
-          await toolCache.invalidate(run.tenantId, typeof tags === "string" ? [tags] : [...tags]);
-        },
-      });
+      const call = () =>
+        def.run(step.args, {
+          idempotencyKey: step.idempotencyKey,
+          fencingToken: run.lease.epoch,
+          signal,
+          runId: run.id,
+          threadId: run.threadId,
+          tenantId: run.tenantId,
+          toolCallId: step.toolCallId,
+          logger: ctx.logger.child({ stepNo: step.stepNo, tool: step.toolName }),
+          invalidate: async (tags) => {
+            if (!toolCache) return;
+            await toolCache.invalidate(run.tenantId, typeof tags === "string" ? [tags] : [...tags]);
+          },
+        });
+      // Non-pure tools: their fetch requests also check the lease right before being written.
+      const guard = def.effect !== "pure" ? ctx.services.leaseGuard : undefined;
+      const leaseValid = ctx.leaseValid;
+      const value: unknown = await (guard && leaseValid ? guard.run(leaseValid, call) : call());
       result = toJson(value);
       await cached?.store(result);
     }
@@ -168,6 +173,8 @@ async function execute(
   } catch (err) {
     // Cancel, lease loss or shutdown: write nothing more; the outcome stays unknown.
     if (ctx.signal.aborted) throw ctx.signal.reason ?? err;
+    // The lease may have run out during the call (the watchdog may not have fired yet): same.
+    if (ctx.leaseValid?.() === false) throw new LeaseLostError(run.id, run.lease.epoch);
     const message = timeout.aborted
       ? `${step.toolName} timed out after ${def.timeoutMs} ms`
       : `${step.toolName} failed: ${err instanceof Error ? err.message : String(err)}`;

@@ -6,7 +6,7 @@ import { findRunForOperator, listRunsForOperator } from "../state/admin.js";
 import { cancelRun } from "../state/scheduler.js";
 import type { RunStatus } from "../state/types.js";
 import { migrate, schemaStatus } from "../state/migrate.js";
-import { createApiKey, ensureTenant, listApiKeys, revokeApiKey } from "../state/tenants.js";
+import { createApiKey, ensureTenant, findTenantByName, listApiKeys, revokeApiKey } from "../state/tenants.js";
 import { openRuntime, type Role, type Runtime, type RuntimeOptions } from "./runtime.js";
 import type { SettingsInput } from "../config/config.js";
 import { chooseDemoModel, demoConfig } from "../agent/demo.js";
@@ -95,7 +95,8 @@ export function buildCli(): Command {
     .option("--concurrency <n>", "runs executed at once", int("--concurrency"))
     .option("--no-migrate", "do not apply pending migrations at start")
     .action(async (o: { concurrency?: number; migrate: boolean }) => {
-      const flags: SettingsInput = o.concurrency ? { worker: { concurrency: o.concurrency } } : {};
+      const flags: SettingsInput =
+        o.concurrency !== undefined ? { worker: { concurrency: o.concurrency } } : {};
       await withRuntime(
         "worker",
         { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
@@ -221,7 +222,13 @@ export function buildCli(): Command {
     .option("--tenant <name>", "only this tenant")
     .action(async (o: { tenant?: string }) => {
       await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
-        const tenantId = o.tenant ? (await ensureTenant(rt.db, o.tenant)).id : undefined;
+        let tenantId: string | undefined;
+        if (o.tenant) {
+          // A read: never create the tenant (a typo must not leave one behind).
+          const tenant = await findTenantByName(rt.db, o.tenant);
+          if (!tenant) throw new CapstanError("not_found", `tenant ${o.tenant} not found`);
+          tenantId = tenant.id;
+        }
         for (const k of await listApiKeys(rt.db, tenantId)) {
           out(
             `${k.id}  ${k.prefix}…  ${k.name ?? "-"}  ${k.createdAt.toISOString()}  ${k.revokedAt ? "revoked" : "active"}`,

@@ -234,7 +234,8 @@ export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
   }
 
   async function readStatus(tenantId: string, day: string): Promise<BudgetStatus> {
-    const s = await readBudgetStatus(opts.db, tenantId, day);
+    // Tenants without a budget (the common case) skip the month's rollup: nothing uses it for them.
+    const s = await readBudgetStatus(opts.db, tenantId, day, { onlyIfBudgeted: true });
     // An unknown tenant has no budget (its runs cannot exist; be lenient, not wrong).
     const status = s ?? { day, daily: null, monthly: null, dayUsed: 0, monthUsed: 0 };
     cacheBudget(tenantId, { daily: status.daily, monthly: status.monthly });

@@ -248,9 +248,12 @@ export function createProviderLimiter(opts: ProviderLimiterOptions): ProviderLim
         async reacquire(signal) {
           // The failed attempt ends now (it may have been counted by the provider); the retry is a new request.
           await finish(tokens);
-          id = randomBytes(8).toString("hex");
+          // Only an admitted id may be finished: if this wait fails, the permit stays done, so a
+          // release() afterwards does not write a phantom entry into the shared window.
+          const next = randomBytes(8).toString("hex");
+          await admit(input.model, key, rule, next, tokens, signal ?? input.signal, waitBudget);
+          id = next;
           done = false;
-          await admit(input.model, key, rule, id, tokens, signal ?? input.signal, waitBudget);
         },
         settle: (actual) => finish(actual),
         release: () => finish(0),

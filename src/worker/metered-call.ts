@@ -2,6 +2,7 @@ import type { ModelMessage, ToolSet } from "ai";
 import { estimateLlmTokens, type EstimableTool } from "../cost/estimate.js";
 import { limitedRetrySleep, type ProviderPermit } from "../cost/provider-limits.js";
 import { modelLabel } from "../agent/models.js";
+import { isCapstanError } from "../errors.js";
 import { callModel, type ModelCallResult } from "./model-call.js";
 import type { RunContext } from "./run-loop.js";
 
@@ -94,6 +95,8 @@ export async function meteredCall(ctx: RunContext, input: MeteredCallInput): Pro
     return result;
   } catch (err) {
     if (permit && !result) await permit.release();
+    // No capacity within the wait: the shared provider window refused the call.
+    if (isCapstanError(err, "rate_limited")) ctx.hooks.onRateLimited?.("provider");
     throw err;
   } finally {
     if (reservation) await (result ? reservation.settle(result.usage) : reservation.release());

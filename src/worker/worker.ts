@@ -75,7 +75,6 @@ export function createWorker(deps: WorkerDeps): Worker {
   let hbTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
   let unlistenControl: Unlisten | undefined;
-  let lastHeartbeatOk = Date.now();
 
   const abortRun = (runId: string, reason: Error) => active.get(runId)?.controller.abort(reason);
   const leaseMs = settings.worker.leaseMs;
@@ -160,7 +159,6 @@ export function createWorker(deps: WorkerDeps): Worker {
     const sentAt = monotonic();
     try {
       const held = await heartbeat(db, leases, settings.worker.leaseMs);
-      lastHeartbeatOk = Date.now();
       for (const l of leases) {
         if (!held.has(l.runId)) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
         else {
@@ -169,11 +167,8 @@ export function createWorker(deps: WorkerDeps): Worker {
         }
       }
     } catch (err) {
+      // Runs keep their deadline: past it the watchdog aborts them (checkLeaseDeadlines).
       logger.warn({ err }, "heartbeat failed");
-      // Past the lease we must assume every run was reclaimed elsewhere.
-      if (Date.now() - lastHeartbeatOk > settings.worker.leaseMs) {
-        for (const l of leases) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
-      }
     }
   }
 

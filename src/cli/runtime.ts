@@ -15,7 +15,7 @@ import type { RunServices } from "../worker/services.js";
 import { cachedEmbedder, resolveEmbedder, type Embedder } from "../agent/embeddings.js";
 import { memoryTools } from "../agent/memory-tools.js";
 import { memoryNamespace } from "../agent/memory-namespace.js";
-import { describeMemoryBackend, memoryBackend } from "../state/memories.js";
+import { describeMemoryBackend, ensureVectorIndex, memoryBackend } from "../state/memories.js";
 import { createCostBackend } from "../cost/backend.js";
 import { createBudgetGuard } from "../cost/budget.js";
 import { createProviderLimiter } from "../cost/provider-limits.js";
@@ -191,11 +191,13 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   let embeddingCacheObserver: ((hits: number, misses: number) => void) | undefined;
   try {
     const base = resolveEmbedder(settings.memory.embedder, providers);
-    embedder = coord
-      ? cachedEmbedder(base, coord.cache, settings.memory.embeddingCacheTtlMs, (hits, misses) =>
-          embeddingCacheObserver?.(hits, misses),
-        )
-      : base;
+    // A local embedder costs microseconds: a cache round trip would only add latency and Redis memory.
+    embedder =
+      coord && !base.id.startsWith("local:")
+        ? cachedEmbedder(base, coord.cache, settings.memory.embeddingCacheTtlMs, (hits, misses) =>
+            embeddingCacheObserver?.(hits, misses),
+          )
+        : base;
     agents = loadAgents(config, opts.env, { db, embedder });
   } catch (err) {
     await coord?.close().catch(() => {});
@@ -204,7 +206,14 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
   const backend = await memoryBackend(db).catch(() => "exact" as const);
   if (backend === "exact") logger.warn(describeMemoryBackend(backend));
-  else logger.info(describeMemoryBackend(backend));
+  else {
+    logger.info(describeMemoryBackend(backend));
+    // The HNSW index for the configured embedder's dims (memoised; instant when it exists).
+    // Without it searches of large namespaces would scan. Never fatal: search still works.
+    await ensureVectorIndex(db, embedder.dims).catch((err: unknown) =>
+      logger.warn({ err, dims: embedder.dims }, "could not create the memory vector index; searches scan"),
+    );
+  }
 
   const costBackend =
     opts.coordination === false

@@ -241,6 +241,22 @@ describe("scheduler", () => {
     await succeed((await claim())!);
   });
 
+  it("tenants at their cap do not crowd others out of the claim fan-out", async () => {
+    // 9 capped tenants (more than the fan-out of 8), each at its cap with work queued:
+    // claimed longest ago, so they sort first.
+    for (let i = 0; i < 9; i++) {
+      const capped = await tenant();
+      await updateTenantLimits(t.db, capped.id, { maxConcurrency: 1 });
+      for (let k = 0; k < 2; k++) await enqueue(capped.id, (await createThread(t.db, capped.id)).id, "x");
+      expect((await claim())?.tenantId).toBe(capped.id);
+    }
+    const other = await tenant();
+    await enqueue(other.id, (await createThread(t.db, other.id)).id, "first");
+    expect((await claim())?.tenantId).toBe(other.id);
+    await enqueue(other.id, (await createThread(t.db, other.id)).id, "second");
+    expect((await claim())?.tenantId).toBe(other.id);
+  });
+
   it("refuses a run beyond the tenant's pending cap", async () => {
     const ten = await tenant();
     await updateTenantLimits(t.db, ten.id, { maxPending: 2 });

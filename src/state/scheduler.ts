@@ -265,6 +265,10 @@ export async function claimRun(db: Db, opts: ClaimOptions): Promise<ClaimedRun |
   const tenants = await db.query<{ id: string; max_concurrency: number | null }>(
     `SELECT t.id, t.max_concurrency FROM tenants t
      WHERE EXISTS (SELECT 1 FROM runs r WHERE r.tenant_id = t.id AND r.status = 'queued' AND r.ready)
+       -- A tenant at its cap is never claimed, so its last_claimed_at never moves: left in, the
+       -- fan-out's first places could all be such tenants and no one else would be served.
+       AND (t.max_concurrency IS NULL OR
+            (SELECT count(*) FROM runs r WHERE r.tenant_id = t.id AND r.status = 'running') < t.max_concurrency)
      ORDER BY t.last_claimed_at NULLS FIRST, t.id
      LIMIT $1`,
     [opts.tenantFanout ?? 8],
@@ -274,7 +278,8 @@ export async function claimRun(db: Db, opts: ClaimOptions): Promise<ClaimedRun |
       t.max_concurrency === null
         ? await claimInTenant(db, t.id, opts)
         : await db.tx(async (q) => {
-            await q.query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", [t.id]);
+            // NO KEY: serialises claimers without blocking FK checks (enqueues) of the tenant.
+            await q.query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE", [t.id]);
             const running = await q.query<{ n: number }>(
               "SELECT count(*) AS n FROM runs WHERE tenant_id = $1 AND status = 'running'",
               [t.id],

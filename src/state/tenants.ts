@@ -128,13 +128,19 @@ export async function listApiKeys(q: Queryable, tenantId?: string): Promise<ApiK
 /** Revoke by key id or by the displayed prefix. */
 export async function revokeApiKey(q: Queryable, idOrPrefix: string): Promise<ApiKeyInfo> {
   const isUuid = /^[0-9a-f-]{36}$/i.test(idOrPrefix);
-  const r = await q.query(
-    `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-     WHERE ${isUuid ? "id = $1::uuid" : "prefix = $1"} RETURNING *`,
+  // One statement: revoke only when exactly one key matches, so an ambiguous prefix revokes nothing.
+  const r = await q.query<{ matches: number } & Record<string, unknown>>(
+    `WITH m AS (SELECT id FROM api_keys WHERE ${isUuid ? "id = $1::uuid" : "prefix = $1"}),
+     u AS (
+       UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+       WHERE id IN (SELECT id FROM m) AND (SELECT count(*) FROM m) = 1 RETURNING *
+     )
+     SELECT (SELECT count(*) FROM m)::int AS matches, u.* FROM (SELECT 1) one LEFT JOIN u ON true`,
     [idOrPrefix],
   );
-  if (r.rows.length === 0) throw new CapstanError("not_found", `no API key ${idOrPrefix}`);
-  if (r.rows.length > 1)
+  const matches = r.rows[0]!.matches;
+  if (matches === 0) throw new CapstanError("not_found", `no API key ${idOrPrefix}`);
+  if (matches > 1)
     throw new CapstanError("validation_failed", `prefix ${idOrPrefix} matches several keys; use the id`);
   return toKey(r.rows[0]!);
 }

@@ -157,9 +157,14 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
       if (ctx.draining() && response.toolCalls.some((_, i) => !journal.has(stepNo + i)))
         return await handOff(ctx);
 
-      const results: ToolStepResult[] = await Promise.all(
+      // allSettled, not all: a failing call must not leave its siblings running unobserved
+      // (the run would end, and its slot be reused, while a side effect is still in flight).
+      const settled = await Promise.allSettled(
         response.toolCalls.map((call, i) => runToolStep(ctx, stepNo + i, call, journal.get(stepNo + i))),
       );
+      const failedCall = settled.find((s) => s.status === "rejected");
+      if (failedCall) throw failedCall.reason;
+      const results = settled.map((s) => (s as PromiseFulfilledResult<ToolStepResult>).value);
       const wait = results.find((r) => r.kind === "wait");
       if (wait?.kind === "wait") {
         await publisher.coarse(await suspendRun(db, lease, wait.wait));

@@ -71,6 +71,7 @@ export function createWorker(deps: WorkerDeps): Worker {
   const logger = deps.logger.child({ workerId: id });
   const active = new Map<string, Active>();
   let draining = false;
+  let stopped = false;
   let claimer: Claimer | undefined;
   let hbTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
@@ -143,6 +144,8 @@ export function createWorker(deps: WorkerDeps): Worker {
       } catch (err) {
         runLogger.error({ err }, "run crashed in the worker");
       } finally {
+        // Whatever ended the run, nothing of it may keep working once it leaves `active`.
+        if (!controller.signal.aborted) controller.abort(new Error("the run left the worker"));
         active.delete(run.id);
         deps.hooks?.onRunEnd?.(run, outcome, Date.now() - started);
         runLogger.info({ outcome, ms: Date.now() - started }, "run left the worker");
@@ -196,7 +199,7 @@ export function createWorker(deps: WorkerDeps): Worker {
       const hb = heartbeatMs(settings);
       const tick = () => {
         hbTimer = setTimeout(
-          () => void beat().finally(() => (!draining || active.size ? tick() : undefined)),
+          () => void beat().finally(() => (!stopped && (!draining || active.size) ? tick() : undefined)),
           hb,
         );
       };
@@ -215,7 +218,8 @@ export function createWorker(deps: WorkerDeps): Worker {
             .then(() => expireMemories(db))
             .then((n) => (n ? logger.info({ memories: n }, "deleted expired memories") : undefined))
             .catch((err: unknown) => logger.warn({ err }, "retention sweep failed"))
-            .finally(sweep);
+            // A sweep in flight when stop() ran must not schedule another (against a closed pool).
+            .finally(() => (draining ? undefined : sweep()));
         }, settings.retention.sweepIntervalMs);
         sweepTimer.unref();
       };
@@ -242,6 +246,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         await Promise.all(left.map((a) => releaseRun(db, a.run.lease).catch(() => false)));
         await Promise.race([all(), new Promise((r) => setTimeout(r, 1_000))]);
       }
+      stopped = true; // a heartbeat in flight now does not schedule another
       if (hbTimer) clearTimeout(hbTimer);
       if (watchdog) clearInterval(watchdog);
       await unlistenControl?.();

@@ -89,4 +89,23 @@ describe("tenant isolation: another tenant's id is a 404 on every endpoint, and 
     expect(res.status).toBe(401);
     expect(obj(res.body).code).toBe("unauthorized");
   });
+
+  it("revoking by an ambiguous prefix revokes nothing; by the prefix of one key, that key", async () => {
+    const one = await createApiKey(h.t.db, h.a.id, "one");
+    const two = await createApiKey(h.t.db, h.b.id, "two");
+    // Prefixes are random; force a collision.
+    await h.t.db.query("UPDATE api_keys SET prefix = $1 WHERE id = $2", [one.info.prefix, two.info.id]);
+    const err = await revokeApiKey(h.t.db, one.info.prefix).catch((e: unknown) => e);
+    expect(obj(err).code).toBe("validation_failed");
+    const revoked = await h.t.db.query(
+      "SELECT count(*)::int AS n FROM api_keys WHERE id = ANY($1) AND revoked_at IS NOT NULL",
+      [[one.info.id, two.info.id]],
+    );
+    expect(revoked.rows[0]).toEqual({ n: 0 });
+    await h.t.db.query("UPDATE api_keys SET prefix = 'other' WHERE id = $1", [two.info.id]);
+    expect((await revokeApiKey(h.t.db, one.info.prefix)).id).toBe(one.info.id);
+    expect((await revokeApiKey(h.t.db, "no-such-prefix").catch((e: unknown) => e)) as object).toMatchObject({
+      code: "not_found",
+    });
+  });
 });

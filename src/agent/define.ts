@@ -7,6 +7,7 @@
  * different copy of this module (the config file's own `capstan` import) is
  * still accepted, because validation is structural and idempotent.
  */
+import { canonicalJson } from "../json.js";
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { CapstanError } from "../errors.js";
@@ -397,6 +398,18 @@ export function normalizeConfig(raw: unknown, where: string): CapstanConfig {
  * Independent of object key order and of the order tools are listed in.
  */
 export function agentVersion(agent: AgentDefinition): string {
+  // Definitions are built once at load and not mutated: hash each once (the LLM cache asks per call).
+  let v = versions.get(agent);
+  if (v === undefined) {
+    v = computeAgentVersion(agent);
+    versions.set(agent, v);
+  }
+  return v;
+}
+
+const versions = new WeakMap<AgentDefinition, string>();
+
+function computeAgentVersion(agent: AgentDefinition): string {
   const tools = Object.keys(agent.tools)
     .sort()
     .map((name) => {
@@ -417,17 +430,4 @@ export function agentVersion(agent: AgentDefinition): string {
     tools,
   ]);
   return createHash("sha256").update(material).digest("hex").slice(0, 16);
-}
-
-/** JSON with object keys sorted at every level (arrays keep their order). */
-function canonicalJson(v: unknown): string {
-  return JSON.stringify(v, (_key, value: unknown) =>
-    isRecord(value)
-      ? Object.fromEntries(
-          Object.keys(value)
-            .sort()
-            .map((k) => [k, value[k]]),
-        )
-      : value,
-  );
 }

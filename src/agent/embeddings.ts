@@ -329,7 +329,7 @@ export function cachedEmbedder(
             // not depend on whether the cache had it.
             const f = Float32Array.from(vecs[i]!);
             fresh.set(t, Array.from(f));
-            return cache.set(keyOf(t), Buffer.from(f.buffer).toString("base64"), ttlMs);
+            return cache.set(keys[texts.indexOf(t)]!, Buffer.from(f.buffer).toString("base64"), ttlMs);
           }),
         );
       }

@@ -34,7 +34,7 @@ export interface Run {
     output_tokens: number;
     /** Input tokens the provider served from its prompt cache (a subset of input_tokens). */
     cached_input_tokens: number;
-    /** Under the server's price table (GET /v1/runs/:id and /wait); null when a model has no price. */
+    /** Under the server's price table (every run answer); null when a model has no price. */
     estimated_cost?: number | null | undefined;
   };
   error: RunError | null;

@@ -25,6 +25,7 @@
  * "0" is already gone. A result computed while an invalidation happens is
  * stored under the version it read, which nobody asks for anymore.
  */
+import { canonicalJson } from "../json.js";
 import { createHash, randomBytes } from "node:crypto";
 import { z } from "zod";
 import { agentVersion } from "../agent/define.js";
@@ -71,21 +72,6 @@ const CACHEABLE_FINISH = new Set(["stop", "tool-calls"]);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-/** JSON with object keys sorted at every level (arrays keep their order). */
-export function canonicalJson(v: unknown): string {
-  return (
-    JSON.stringify(v, (_key, value: unknown) =>
-      isRecord(value)
-        ? Object.fromEntries(
-            Object.keys(value)
-              .sort()
-              .map((k) => [k, value[k]]),
-          )
-        : value,
-    ) ?? "null"
-  );
 }
 
 const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");

@@ -7,8 +7,10 @@
  * Failed lookups are counted per client address in the shared rate limiter;
  * a client past `failures.rule` is refused (429) before the database is asked,
  * so guessing keys, or a misconfigured client retrying a revoked one, cannot
- * load PostgreSQL. Successful lookups cost nothing there, so many keys behind
- * one address (a customer's backend) are not limited by it. When the limiter
+ * load PostgreSQL. Successful lookups cost nothing there, and keys already seen
+ * valid by this replica skip the check, so many keys behind one address (a
+ * customer's backend) keep working while it is locked; a key's very first use
+ * from a locked address waits for the bucket to refill. When the limiter
  * is unavailable the lookup goes ahead (fail open: the database still answers).
  */
 import { createHash } from "node:crypto";
@@ -66,7 +68,10 @@ export function createAuthenticator(db: Queryable, opts: AuthOptions = {}): Auth
       if (hit && hit.expiresAt > now) return { tenantId: hit.tenantId, keyId: hit.keyId };
       if (hit) cache.delete(h);
 
-      const failures = client !== undefined ? opts.failures : undefined;
+      // A key this replica has seen valid (its cache entry just expired) is re-checked without the
+      // per-address limit: one client retrying a revoked key must not lock out every good key
+      // behind the same address. Only keys never seen valid here can be refused by it.
+      const failures = client !== undefined && !hit ? opts.failures : undefined;
       const bucket = `authfail:${client}`;
       if (failures) {
         // A zero-cost take reads the bucket without spending it.

@@ -4,6 +4,7 @@
  * of method, canonical path and canonical JSON body, so key order and
  * whitespace in the body do not matter, while another target or body does.
  */
+import { canonicalJson } from "../json.js";
 import { createHash } from "node:crypto";
 import type { FastifyRequest } from "fastify";
 import { CapstanError } from "../errors.js";
@@ -27,17 +28,6 @@ export function idempotencyKeyOf(req: FastifyRequest): string | undefined {
     });
   }
   return key;
-}
-
-/** JSON with object keys sorted at every level: equal values serialise equally. */
-export function canonicalJson(v: unknown): string {
-  if (v === null || typeof v !== "object") return JSON.stringify(v ?? null);
-  if (Array.isArray(v)) return "[" + v.map((x) => canonicalJson(x)).join(",") + "]";
-  const o = v as Record<string, unknown>;
-  const keys = Object.keys(o)
-    .filter((k) => o[k] !== undefined)
-    .sort();
-  return "{" + keys.map((k) => JSON.stringify(k) + ":" + canonicalJson(o[k])).join(",") + "}";
 }
 
 export function requestHash(method: string, path: string, body: unknown): string {

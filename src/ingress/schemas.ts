@@ -329,7 +329,7 @@ export const usageSchema = z.object({
     .optional()
     .meta({
       description:
-        "Cost of the run's LLM calls under the configured price table (GET /v1/runs/:id and /wait only); " +
+        "Cost of the run's LLM calls under the configured price table (on every run answer); " +
         "null when a model it used has no price. Absent without a price table.",
     }),
 });

@@ -23,8 +23,8 @@ export function threadView(t: Thread): ThreadJson {
 
 /**
  * A run as JSON. `estimatedCost` (see `runCost` in src/cost/pricing.ts) is
- * given where a price table is configured and the caller read it: the run's
- * own endpoints (GET /v1/runs/:id, /wait); elsewhere the field is absent.
+ * given when a price table is configured: every run answer (create, get,
+ * wait, cancel, resume).
  */
 export function runView(r: Run, estimatedCost?: number | null): RunJson {
   return {

@@ -53,7 +53,8 @@ describe("lease guard on the global dispatcher", () => {
         () => fetch(url, { headers: { connection: "close" } }),
       );
       valid = false;
-      await expect(pending).rejects.toThrow();
+      const late = await pending.catch((e: unknown) => e);
+      expect(String((late as Error).cause)).toMatch(/lease/);
       expect(received).toBe(before + 1);
 
       // Outside a tool call (model calls, embeddings): untouched.

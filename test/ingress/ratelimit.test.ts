@@ -107,6 +107,28 @@ describe("per-API-key rate limit (token bucket in Redis)", () => {
     expect(
       (await call(api.url, "POST", "/v1/threads", { key: "bogus-5", json: {}, ...from("10.0.0.2") })).status,
     ).toBe(401);
+    // A key seen valid before the lockout keeps working from the locked address, past its cache TTL.
+    const known = await h.tenant();
+    const strict = await h.start({
+      settings: resolveSettings({ flags: { http: { authFailuresPerMinute: 1, trustProxy: "127.0.0.1" } } }),
+      auth: { cacheTtlMs: 1 },
+    });
+    expect(
+      (await call(strict.url, "POST", "/v1/threads", { key: known.key, json: {}, ...from("10.0.0.3") }))
+        .status,
+    ).toBe(201);
+    expect(
+      (await call(strict.url, "POST", "/v1/threads", { key: "bogus-6", json: {}, ...from("10.0.0.3") }))
+        .status,
+    ).toBe(401);
+    expect(
+      (await call(strict.url, "POST", "/v1/threads", { key: "bogus-7", json: {}, ...from("10.0.0.3") }))
+        .status,
+    ).toBe(429);
+    expect(
+      (await call(strict.url, "POST", "/v1/threads", { key: known.key, json: {}, ...from("10.0.0.3") }))
+        .status,
+    ).toBe(201);
     const ten = await h.tenant();
     for (let i = 0; i < 5; i++) {
       expect(

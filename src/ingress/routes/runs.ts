@@ -27,7 +27,10 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
   const prices = opts.prices && Object.keys(opts.prices).length > 0 ? opts.prices : undefined;
   /** A run with its estimated cost when there is a price table (one more query, on `db`). */
   const viewWithCost = async (run: Run, db: Db = ctx.db): Promise<RunJson> =>
-    runView(run, prices ? await runCost(db, run.id, prices) : undefined);
+    runView(run, prices ? await costOf(run, db, prices) : undefined);
+  // No tokens yet (a new or queued run: the totals grow in the same write as each step): no query.
+  const costOf = (run: Run, db: Db, p: PriceTable) =>
+    run.usage.inputTokens + run.usage.outputTokens === 0 ? 0 : runCost(db, run.id, p);
 
   const publish = (events: RunEvent[]) =>
     publishPersisted({ events: ctx.coord.events, logger: ctx.logger, metrics: ctx.metrics }, events);

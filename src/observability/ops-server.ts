@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import type { Logger } from "../logger.js";
 import type { Db } from "../state/db.js";
-import { loadMigrations, schemaStatus, type Migration } from "../state/migrate.js";
+import { schemaStatus, shippedMigrations, type Migration } from "../state/migrate.js";
 
 /**
  * The operational HTTP endpoints of a process without an HTTP API (the
@@ -209,16 +209,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  */
 export function readinessChecks(deps: ReadinessDeps): () => Promise<Readiness> {
   const timeoutMs = deps.timeoutMs ?? 1_000;
-  let migrations: Promise<Migration[]> | undefined = deps.migrations
-    ? Promise.resolve(deps.migrations)
-    : undefined;
-  const shipped = () => {
-    migrations ??= loadMigrations().catch((err: unknown) => {
-      migrations = undefined; // retry on the next probe
-      throw err;
-    });
-    return migrations;
-  };
+  const shipped = () => (deps.migrations ? Promise.resolve(deps.migrations) : shippedMigrations());
 
   return async () => {
     const checks: Record<string, CheckResult> = {};

@@ -15,6 +15,19 @@ const MIGRATIONS_DIR = fileURLToPath(new URL("./migrations/", import.meta.url));
 const MIGRATION_LOCK_KEY = 0x6361_7073; // "caps"
 
 /** The migrations shipped with this build, ordered by version. */
+/**
+ * The migrations shipped with this build, read once per process (they cannot
+ * change while it runs): `/readyz` asks on every probe. A failed read is retried.
+ */
+export function shippedMigrations(): Promise<Migration[]> {
+  shipped ??= loadMigrations().catch((err: unknown) => {
+    shipped = undefined;
+    throw err;
+  });
+  return shipped;
+}
+let shipped: Promise<Migration[]> | undefined;
+
 export async function loadMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]> {
   const files = (await readdir(dir)).filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f)).sort();
   const out: Migration[] = [];
@@ -89,7 +102,7 @@ export async function schemaStatus(
   db: Db,
   migrations?: Migration[],
 ): Promise<{ database: number; code: number; current: boolean }> {
-  const all = migrations ?? (await loadMigrations());
+  const all = migrations ?? (await shippedMigrations());
   const reg = await db.query<{ t: string | null }>("SELECT to_regclass('capstan_migrations')::text AS t");
   let database = 0;
   if (reg.rows[0]?.t) {

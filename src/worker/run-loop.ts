@@ -17,6 +17,7 @@ import { recallForPrompt, renderRecalled } from "../agent/memory-tools.js";
 import { memoryNamespace } from "../agent/memory-namespace.js";
 import type { RunServices } from "./services.js";
 import { isCapstanError } from "../errors.js";
+import { isConnectionError } from "../state/pg-errors.js";
 import type { RunPublisher } from "./publisher.js";
 import { runToolStep, type ToolStepResult } from "./tool-step.js";
 import { modelLabel } from "../agent/models.js";
@@ -252,13 +253,7 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
 }
 
 function isTransient(err: unknown): boolean {
-  const code = typeof err === "object" && err !== null ? (err as { code?: unknown }).code : undefined;
-  if (code === "database_unavailable") return true;
-  if (typeof code === "string" && /^(ECONN|EPIPE|ETIMEDOUT|57P0|08)/.test(code)) return true;
-  return (
-    err instanceof Error &&
-    /Connection terminated|connect ECONNREFUSED|timeout exceeded when trying to connect/i.test(err.message)
-  );
+  return isCapstanError(err, "database_unavailable") || isConnectionError(err);
 }
 
 function describe(v: unknown): string {
@@ -403,12 +398,19 @@ type LlmUsage = { inputTokens: number; outputTokens: number; cachedInputTokens?:
  * message. Recall is a read: the journaled LLM response makes replays
  * independent of what memory holds later.
  */
+const recalledPrompts = new WeakMap<RunContext, { query: string; system: string }>();
+
 async function systemPrompt(ctx: RunContext, convo: ModelMessage[], signal: AbortSignal): Promise<string> {
   const recall = ctx.agent.def.memory?.recall;
   const memory = ctx.services.memory;
   if (!recall || !memory) return ctx.agent.def.instructions;
   const lastUser = [...convo].reverse().find((m) => m.role === "user");
   const query = lastUser ? contentText(lastUser.content) : "";
+  // Once per run (the query is the run's input on every step): no embedding and search per step,
+  // and a system prompt that stays the same, which provider prompt caches and the LLM cache key
+  // need. Memories the run writes meanwhile are in its conversation already.
+  const memo = recalledPrompts.get(ctx);
+  if (memo?.query === query) return memo.system;
   try {
     const matches = await recallForPrompt({
       db: ctx.db,
@@ -420,7 +422,9 @@ async function systemPrompt(ctx: RunContext, convo: ModelMessage[], signal: Abor
       signal,
     });
     const block = renderRecalled(matches);
-    return block ? `${ctx.agent.def.instructions}\n\n${block}` : ctx.agent.def.instructions;
+    const system = block ? `${ctx.agent.def.instructions}\n\n${block}` : ctx.agent.def.instructions;
+    recalledPrompts.set(ctx, { query, system });
+    return system;
   } catch (err) {
     if (signal.aborted) throw err;
     // Memory is an aid, not a dependency: answer without it rather than fail.

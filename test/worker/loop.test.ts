@@ -18,6 +18,9 @@ import { createThread, readHistory } from "../../src/state/threads.js";
 import type { Run } from "../../src/state/types.js";
 import type { LoadedAgent } from "../../src/worker/run-loop.js";
 import { createWorker, type Worker } from "../../src/worker/worker.js";
+import type { RunServices } from "../../src/worker/services.js";
+import { localLexicalEmbedder, type Embedder } from "../../src/agent/embeddings.js";
+import { putMemory } from "../../src/state/memories.js";
 
 /** The reasoning loop in-process against real PostgreSQL: model paths, approvals, limits, errors. */
 
@@ -45,11 +48,20 @@ const settings = resolveSettings({ flags: { worker: { leaseMs: 5000, pollMs: 100
 async function startWorker(
   agents: AgentDefinition[],
   retry = { maxRetries: 3, baseDelayMs: 10, maxDelayMs: 50 },
+  services: RunServices = {},
 ) {
   const loaded = new Map<string, LoadedAgent>(
     agents.map((def) => [def.name, { def, model: resolveModel(def.model, {}), tools: toolSchemas(def) }]),
   );
-  worker = createWorker({ db: t.db, coord, agents: loaded, settings, logger: silentLogger(), retry });
+  worker = createWorker({
+    db: t.db,
+    coord,
+    agents: loaded,
+    settings,
+    logger: silentLogger(),
+    retry,
+    services,
+  });
   await worker.start();
 }
 
@@ -130,6 +142,58 @@ describe("reasoning loop", () => {
     } finally {
       await server.close();
     }
+  });
+
+  it("recalls the memories nearest the input into the system prompt, once per run", async () => {
+    const base = localLexicalEmbedder(64);
+    let embedCalls = 0;
+    const embedder: Embedder = {
+      ...base,
+      embed: (texts, signal) => {
+        embedCalls++;
+        return base.embed(texts, signal);
+      },
+    };
+    const seed = async (text: string) =>
+      putMemory(t.db, tenantId, {
+        namespace: "prefs",
+        text,
+        embedding: (await base.embed([text]))[0]!,
+        embeddingModel: base.id,
+      });
+    await seed("the user drinks green tea without sugar");
+    await seed("the user's bicycle is red");
+    const systems: string[] = [];
+    const ping = tool({ description: "ping", input: z.object({}), effect: "pure", run: () => "pong" });
+    const script: Script = ({ messages }) => {
+      const sys = messages.find((m) => m.role === "system");
+      systems.push(typeof sys?.content === "string" ? sys.content : "");
+      return messages.at(-1)?.role === "tool"
+        ? { text: "done" }
+        : { toolCalls: [{ toolName: "ping", input: {} }] };
+    };
+    await startWorker(
+      [
+        defineAgent({
+          name: "recaller",
+          model: createScriptedModel(script),
+          instructions: "Be brief.",
+          tools: { ping },
+          memory: { recall: { k: 1, namespace: { name: "prefs" } } },
+        }),
+      ],
+      undefined,
+      { memory: { embedder } },
+    );
+    const r = await run("recaller", "what tea do I drink?");
+    expect((await settled(r.id)).status).toBe("succeeded");
+    expect(systems).toHaveLength(2); // two LLM steps
+    for (const sys of systems) {
+      expect(sys).toContain("Be brief.");
+      expect(sys).toContain("- the user drinks green tea without sugar");
+      expect(sys).not.toContain("bicycle");
+    }
+    expect(embedCalls).toBe(1); // recalled once for the run, not per step
   });
 
   it("pauses a requiresApproval tool until approved, and feeds a rejection back to the model", async () => {

@@ -30,6 +30,10 @@ describe("Idempotency-Key on every POST (Postgres-backed, survives a Redis flush
     expect(again.status).toBe(201);
     expect(again.body).toEqual(first.body);
     expect(again.headers.get("idempotent-replayed")).toBe("true");
+    // Location on the keyed path too, first answer and replay alike.
+    const location = `/v1/threads/${String((first.body as { id: string }).id)}`;
+    expect(first.headers.get("location")).toBe(location);
+    expect(again.headers.get("location")).toBe(location);
     expect((await rowCounts(h.t)).threads).toBe(1);
 
     const other = await call(api.url, "POST", "/v1/threads", {

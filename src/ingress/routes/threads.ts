@@ -27,6 +27,9 @@ export function threadRoutes(app: FastifyInstance, ctx: IngressContext): void {
       async (tx) => ({ response: await create(tx) }),
     );
     if (out.replayed) reply.header("idempotent-replayed", "true");
+    const id = (out.response.body as { id?: unknown } | null)?.id;
+    if (out.response.statusCode === 201 && typeof id === "string")
+      reply.header("location", `/v1/threads/${id}`);
     return reply.code(out.response.statusCode).send(out.response.body);
   });
 

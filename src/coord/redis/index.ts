@@ -17,12 +17,12 @@
  * The connection layer here (connection, errors, scripts) is also what the
  * cost stores (src/cost) use for their own connection.
  */
+import type { Redis } from "ioredis";
 import { CapstanError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import { checkEventStreamOptions, checkTtl } from "../internal.js";
 import type { Coordination, EventStreamOptions, KvCache } from "../types.js";
 import { BlockingReader } from "./blocking-reader.js";
-import type { Redis } from "ioredis";
 import { openRedisConnection, withTimeout, type RedisTimeouts } from "./connection.js";
 import { createRedisEventStream } from "./events.js";
 import { createRedisRateLimiter } from "./rate-limiter.js";
@@ -52,27 +52,20 @@ export function createRedisCoordination(opts: RedisCoordinationOptions): Coordin
   const pingTimeoutMs = opts.pingTimeoutMs ?? 1_000;
   const blockSliceMs = opts.blockSliceMs ?? 2_000;
   const name = opts.connectionName ?? "capstan";
-  const timeouts: RedisTimeouts = {
-    connectTimeoutMs: opts.connectTimeoutMs,
-    commandTimeoutMs: opts.commandTimeoutMs,
-    readyTimeoutMs: opts.readyTimeoutMs,
-    maxReconnectDelayMs: opts.maxReconnectDelayMs,
-  };
-  const cmd = openRedisConnection({
-    ...timeouts,
-    url: opts.url,
-    name: `${name}:cmd`,
-    role: "cmd",
-    logger: log,
-  });
-  const blk = openRedisConnection({
-    ...timeouts,
-    url: opts.url,
-    name: `${name}:blk`,
-    role: "blk",
-    logger: log,
-    blockingMs: blockSliceMs,
-  });
+  const open = (role: "cmd" | "blk", blockingMs?: number) =>
+    openRedisConnection({
+      url: opts.url,
+      name: `${name}:${role}`,
+      role,
+      logger: log,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      commandTimeoutMs: opts.commandTimeoutMs,
+      readyTimeoutMs: opts.readyTimeoutMs,
+      maxReconnectDelayMs: opts.maxReconnectDelayMs,
+      blockingMs,
+    });
+  const cmd = open("cmd");
+  const blk = open("blk", blockSliceMs);
   const blocking = new BlockingReader(
     blk,
     cmd,

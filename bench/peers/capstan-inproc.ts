@@ -8,7 +8,7 @@
  * peers; the multi-process HTTP figures are measured separately.
  */
 import { resolveSettings } from "../../src/config/config.js";
-import { createRedisCoordination } from "../../src/coord/redis.js";
+import { createRedisCoordination } from "../../src/coord/redis/index.js";
 import { loadAgents } from "../../src/cli/runtime.js";
 import { defineConfig } from "../../src/agent/define.js";
 import { silentLogger } from "../../src/logger.js";

@@ -13,7 +13,7 @@ export type {
   RateLimitRule,
   StreamEvent,
 } from "./types.js";
-export { createRedisCoordination, type RedisCoordinationOptions } from "./redis.js";
+export { createRedisCoordination, type RedisCoordinationOptions } from "./redis/index.js";
 export { createMemoryCoordination, type MemoryCoordinationOptions } from "./memory.js";
 export {
   compareEventIdParts,

@@ -108,7 +108,7 @@ const EPS = 1e-6;
 
 /**
  * One atomic take from a token bucket at time `now` (ms). Mirrored line by line
- * by the Lua script in ./redis.ts; keep the two in step.
+ * by ./redis/lua/take-tokens.lua; keep the two in step.
  *
  * - allowed when `cost` ≤ tokens (a cost above `points` is never allowed; its
  *   retryAfterMs is then longer than durationMs, which callers can treat as "too big");

@@ -5,7 +5,7 @@ import { adminRedis, deleteKeys, randomPrefix, REDIS_URL } from "../../test/supp
 import { isCapstanError } from "../errors.js";
 import { silentLogger } from "../logger.js";
 import { pollUntil, runCoordinationConformance } from "./conformance.js";
-import { createRedisCoordination, type RedisCoordinationOptions } from "./redis.js";
+import { createRedisCoordination, type RedisCoordinationOptions } from "./redis/index.js";
 import type { Coordination } from "./types.js";
 
 // Real Redis only (never mocked); every fixture has its own key prefix and deletes its keys.

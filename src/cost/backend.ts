@@ -1,12 +1,21 @@
 /**
  * The stores behind budgets and provider limits for one process: Redis when
  * configured (shared by every worker), else process memory (embedded mode).
- * One Redis connection serves both; `close()` closes it.
+ *
+ * Cost control needs atomic multi-key Lua scripts, which the coordination
+ * interfaces (src/coord) do not offer, so it owns one connection of its own
+ * ("<name>:cost"), built from the same layer as coordination's
+ * (src/coord/redis/connection.ts: no offline queue, bounded waits, every
+ * failure a `redis_unavailable` CapstanError, reconnection in the background).
+ * Both stores share it; `close()` closes it.
+ *
+ * Every key a script touches is passed in KEYS (keys of one tenant or one
+ * limit share a `{hash tag}`, so a cluster would also work).
  */
+import { openRedisConnection, type RedisTimeouts } from "../coord/redis/connection.js";
 import type { Logger } from "../logger.js";
 import { createMemoryBudgetStore, createRedisBudgetStore, type BudgetStore } from "./budget-store.js";
 import { createMemoryLimitStore, createRedisLimitStore, type LimitStore } from "./limit-store.js";
-import { createCostRedis, type CostRedisOptions } from "./redis.js";
 
 export interface CostBackend {
   readonly kind: "redis" | "memory";
@@ -17,7 +26,12 @@ export interface CostBackend {
 
 export interface CostBackendOptions {
   /** `settings.redis` when a URL is set; absent: process memory. */
-  redis?: { url: string; keyPrefix: string } & Partial<Omit<CostRedisOptions, "url" | "logger">>;
+  redis?: RedisTimeouts & {
+    url: string;
+    keyPrefix: string;
+    /** Client name prefix in `CLIENT LIST` ("<name>:cost"). Default "capstan". */
+    connectionName?: string;
+  };
   logger: Logger;
 }
 
@@ -34,12 +48,23 @@ export function createCostBackend(opts: CostBackendOptions): CostBackend {
       },
     };
   }
-  const { url, keyPrefix, ...rest } = opts.redis;
-  const redis = createCostRedis({ ...rest, url, logger: opts.logger });
-  return {
-    kind: "redis",
-    budget: createRedisBudgetStore(redis, keyPrefix),
-    limits: createRedisLimitStore(redis, keyPrefix),
-    close: () => redis.close(),
-  };
+  const { keyPrefix, connectionName, ...rest } = opts.redis;
+  const redis = openRedisConnection({
+    ...rest,
+    name: `${connectionName ?? "capstan"}:cost`,
+    role: "cost",
+    logger: opts.logger.child({ component: "cost.redis" }),
+  });
+  try {
+    return {
+      kind: "redis",
+      budget: createRedisBudgetStore(redis, keyPrefix),
+      limits: createRedisLimitStore(redis, keyPrefix),
+      close: () => redis.close(true),
+    };
+  } catch (err) {
+    // A store could not load its scripts: do not leave the connection open behind the error.
+    void redis.close(false);
+    throw err;
+  }
 }

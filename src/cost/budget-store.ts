@@ -22,7 +22,8 @@
  * All or nothing, in one atomic step.
  */
 import { CapstanError } from "../errors.js";
-import { lua, replyInts, type ScriptRunner } from "./redis.js";
+import type { RedisConnection } from "../coord/redis/connection.js";
+import { loadScript, replyInts } from "../coord/redis/scripts.js";
 
 export interface BudgetPeriodSpec {
   /**
@@ -60,134 +61,20 @@ export interface BudgetStore {
   close(): Promise<void>;
 }
 
-/** Most expired reservations lapsed per key per operation (the rest go on the next one). */
-const LAPSE_BATCH = 256;
-
 /* ------------------------------------------------------------------------- */
 /* Redis                                                                      */
 /* ------------------------------------------------------------------------- */
 
-// KEYS per period p (1-based): U = KEYS[4p-3] (hash used/sync), R = KEYS[4p-2] (reserved sum),
-// Z = KEYS[4p-1] (zset id → expiry), A = KEYS[4p] (hash id → amount).
-// ARGV: id, amount, resTtlMs, resyncMs, n, then per period: budget, seed ('' = none), usedTtlMs.
-// Reply: {0} admitted | {2, i...} seed needed (0-based) | {1, i, used, reserved, budget} refused.
-const RESERVE = lua(`
-local id = ARGV[1]
-local amount = tonumber(ARGV[2])
-local resTtl = tonumber(ARGV[3])
-local resync = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local used, reserved, budgets, need = {}, {}, {}, {}
-for p = 1, n do
-  local U, R, Z, A = KEYS[4*p-3], KEYS[4*p-2], KEYS[4*p-1], KEYS[4*p]
-  local base = 5 + 3 * (p - 1)
-  budgets[p] = tonumber(ARGV[base + 1])
-  local seed = ARGV[base + 2]
-  local usedTtl = tonumber(ARGV[base + 3])
-  local gone = redis.call('ZRANGEBYSCORE', Z, '-inf', now, 'LIMIT', 0, ${LAPSE_BATCH})
-  for _, m in ipairs(gone) do
-    local a = tonumber(redis.call('HGET', A, m))
-    if a then redis.call('DECRBY', R, a) end
-    redis.call('HDEL', A, m)
-    redis.call('ZREM', Z, m)
-  end
-  local st = redis.call('HMGET', U, 'used', 'sync')
-  local u = tonumber(st[1])
-  local s = tonumber(st[2])
-  if seed ~= '' then
-    local sv = tonumber(seed)
-    if u == nil or sv > u then u = sv end
-    redis.call('HSET', U, 'used', u, 'sync', now)
-    redis.call('PEXPIRE', U, usedTtl)
-  elseif u == nil or s == nil or now - s >= resync then
-    need[#need + 1] = p - 1
-  end
-  used[p] = u or 0
-  local r = tonumber(redis.call('GET', R) or '0') or 0
-  if r < 0 then
-    r = 0
-    redis.call('DEL', R)
-  end
-  reserved[p] = r
-end
-if #need > 0 then return {2, unpack(need)} end
-local worst, head = 1, nil
-for p = 1, n do
-  local h = budgets[p] - used[p] - reserved[p]
-  if head == nil or h < head then
-    head = h
-    worst = p
-  end
-end
-if head < amount then
-  return {1, worst - 1, used[worst], reserved[worst], budgets[worst]}
-end
-local keep = resTtl * 2 + 60000
-for p = 1, n do
-  local R, Z, A = KEYS[4*p-2], KEYS[4*p-1], KEYS[4*p]
-  redis.call('INCRBY', R, amount)
-  redis.call('HSET', A, id, amount)
-  redis.call('ZADD', Z, now + resTtl, id)
-  redis.call('PEXPIRE', R, keep)
-  redis.call('PEXPIRE', Z, keep)
-  redis.call('PEXPIRE', A, keep)
-end
-return {0}
-`);
-
-// Same KEYS. ARGV: id, actual, n. Reply: {1} when the reservation was still live, else {0}.
-const SETTLE = lua(`
-local id = ARGV[1]
-local actual = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local found = 0
-for p = 1, n do
-  local U, R, Z, A = KEYS[4*p-3], KEYS[4*p-2], KEYS[4*p-1], KEYS[4*p]
-  local a = tonumber(redis.call('HGET', A, id))
-  if a then
-    redis.call('DECRBY', R, a)
-    redis.call('HDEL', A, id)
-    redis.call('ZREM', Z, id)
-    found = 1
-  end
-  if actual > 0 and redis.call('EXISTS', U) == 1 then
-    redis.call('HINCRBY', U, 'used', actual)
-  end
-end
-return {found}
-`);
-
-// Same KEYS. ARGV: id, ttlMs, n. Reply: {1} extended, {0} lapsed.
-const EXTEND = lua(`
-local id = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local found = 0
-local keep = ttl * 2 + 60000
-for p = 1, n do
-  local R, Z, A = KEYS[4*p-2], KEYS[4*p-1], KEYS[4*p]
-  local score = tonumber(redis.call('ZSCORE', Z, id))
-  if score and score > now then
-    redis.call('ZADD', Z, 'XX', now + ttl, id)
-    redis.call('PEXPIRE', R, keep)
-    redis.call('PEXPIRE', Z, keep)
-    redis.call('PEXPIRE', A, keep)
-    found = 1
-  end
-end
-return {found}
-`);
-
 /**
- * Budget counters in Redis under `${keyPrefix}bud:<period key>:{u,r,z,a}`. Every
- * failure is a `redis_unavailable` CapstanError (the guard then falls back to
- * Postgres, see src/cost/budget.ts).
+ * Budget counters in Redis under `${keyPrefix}bud:<period key>:{u,r,z,a}`, one
+ * script per operation (./lua/budget-*.lua, whose headers give KEYS and ARGV).
+ * Every failure is a `redis_unavailable` CapstanError (the guard then falls back
+ * to Postgres, see src/cost/budget.ts). The connection belongs to the caller.
  */
-export function createRedisBudgetStore(redis: ScriptRunner, keyPrefix: string): BudgetStore {
+export function createRedisBudgetStore(redis: RedisConnection, keyPrefix: string): BudgetStore {
+  const reserveScript = loadScript(new URL("./lua/budget-reserve.lua", import.meta.url));
+  const settleScript = loadScript(new URL("./lua/budget-settle.lua", import.meta.url));
+  const extendScript = loadScript(new URL("./lua/budget-extend.lua", import.meta.url));
   const keysOf = (key: string): string[] => {
     const b = `${keyPrefix}bud:${key}`;
     return [`${b}:u`, `${b}:r`, `${b}:z`, `${b}:a`];
@@ -200,7 +87,8 @@ export function createRedisBudgetStore(redis: ScriptRunner, keyPrefix: string): 
       const args: (string | number)[] = [id, amount, opts.ttlMs, opts.resyncMs, periods.length];
       for (const p of periods)
         args.push(p.budget, p.seed === undefined ? "" : p.seed, Math.max(1, p.usedTtlMs));
-      const r = replyInts(await redis.run(RESERVE, keys, args), "budget reserve");
+      const reply = await redis.exec("budget reserve", (c) => reserveScript.run(c, keys, args));
+      const r = replyInts(reply, "budget reserve");
       switch (r[0]) {
         case 0:
           return { kind: "admitted" };
@@ -214,10 +102,15 @@ export function createRedisBudgetStore(redis: ScriptRunner, keyPrefix: string): 
     },
     async settle(keys, id, actual) {
       checkAmount(actual, 0);
-      await redis.run(SETTLE, keys.flatMap(keysOf), [id, actual, keys.length]);
+      await redis.exec("budget settle", (c) =>
+        settleScript.run(c, keys.flatMap(keysOf), [id, actual, keys.length]),
+      );
     },
     async extend(keys, id, ttlMs) {
-      const r = replyInts(await redis.run(EXTEND, keys.flatMap(keysOf), [id, ttlMs, keys.length]), "extend");
+      const reply = await redis.exec("budget extend", (c) =>
+        extendScript.run(c, keys.flatMap(keysOf), [id, ttlMs, keys.length]),
+      );
+      const r = replyInts(reply, "budget extend");
       return r[0] === 1;
     },
     async close() {},

@@ -18,7 +18,8 @@
  * operation.
  */
 import { CapstanError } from "../errors.js";
-import { lua, replyInts, type ScriptRunner } from "./redis.js";
+import type { RedisConnection } from "../coord/redis/connection.js";
+import { loadScript, replyInts } from "../coord/redis/scripts.js";
 
 export interface WindowRule {
   /** Requests per window (0 or undefined: unlimited). */
@@ -51,99 +52,8 @@ export interface LimitStore {
   close(): Promise<void>;
 }
 
-/** Most expired entries dropped per call; most entries walked to compute a wait. */
-const DROP_BATCH = 1_000;
+/** Most entries walked to compute a tpm wait (both stores; ./lua/limit-acquire.lua gets it as ARGV). */
 const WALK_LIMIT = 1_000;
-
-/* ------------------------------------------------------------------------- */
-/* Redis                                                                      */
-/* ------------------------------------------------------------------------- */
-
-// KEYS: log (zset id → ms), amt (hash id → tokens), sum (string), cool (string, PX).
-// ARGV: id, tokens, rpm (0 = none), tpm (0 = none), windowMs.
-// Reply: {1, 0} admitted | {0, waitMs, reason} reason 1 = rpm, 2 = tpm, 3 = cooldown.
-const ACQUIRE = lua(`
-local id = ARGV[1]
-local tokens = tonumber(ARGV[2])
-local rpm = tonumber(ARGV[3])
-local tpm = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local cool = redis.call('PTTL', KEYS[4])
-if cool > 0 then return {0, cool, 3} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window, 'LIMIT', 0, ${DROP_BATCH})
-for _, m in ipairs(old) do
-  local a = tonumber(redis.call('HGET', KEYS[2], m))
-  if a then redis.call('DECRBY', KEYS[3], a) end
-  redis.call('HDEL', KEYS[2], m)
-  redis.call('ZREM', KEYS[1], m)
-end
-local count = redis.call('ZCARD', KEYS[1])
-local sum = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-if sum < 0 then sum = 0 end
-local wait, reason = 0, 0
-if rpm > 0 and count + 1 > rpm then
-  local e = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
-  if e[2] then wait = tonumber(e[2]) + window - now else wait = window end
-  reason = 1
-end
-if tpm > 0 and sum > 0 and sum + math.min(tokens, tpm) > tpm then
-  local need = sum + math.min(tokens, tpm) - tpm
-  local freed, w = 0, window
-  local es = redis.call('ZRANGE', KEYS[1], 0, ${WALK_LIMIT - 1}, 'WITHSCORES')
-  for i = 1, #es, 2 do
-    freed = freed + (tonumber(redis.call('HGET', KEYS[2], es[i])) or 0)
-    if freed >= need then
-      w = tonumber(es[i + 1]) + window - now
-      break
-    end
-  end
-  if w > wait then
-    wait = w
-    reason = 2
-  end
-end
-if reason > 0 then
-  if wait < 1 then wait = 1 end
-  return {0, wait, reason}
-end
-redis.call('ZADD', KEYS[1], now, id)
-redis.call('HSET', KEYS[2], id, tokens)
-redis.call('INCRBY', KEYS[3], tokens)
-local keep = window * 2 + 1000
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
-return {1, 0}
-`);
-
-// KEYS: log, amt, sum. ARGV: id, tokens, windowMs.
-// The entry now counts `tokens` and stays in the window until now + windowMs (re-added if it
-// already left the window: a call that outlived the window still counts until its end).
-const FINISH = lua(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = tonumber(ARGV[2])
-local a = tonumber(redis.call('HGET', KEYS[2], ARGV[1])) or 0
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], v)
-redis.call('INCRBY', KEYS[3], v - a)
-local keep = tonumber(ARGV[3]) * 2 + 1000
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
-return {0}
-`);
-
-// KEYS: cool. ARGV: ms.
-const COOLDOWN = lua(`
-local ms = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ms then
-  redis.call('SET', KEYS[1], '1', 'PX', ms)
-end
-return {0}
-`);
 
 const REASONS = { 1: "rpm", 2: "tpm", 3: "cooldown" } as const;
 
@@ -162,7 +72,19 @@ function checkRule(rule: WindowRule): void {
   }
 }
 
-export function createRedisLimitStore(redis: ScriptRunner, keyPrefix: string): LimitStore {
+/* ------------------------------------------------------------------------- */
+/* Redis                                                                      */
+/* ------------------------------------------------------------------------- */
+
+/**
+ * Windows in Redis under `${keyPrefix}pl:{<limit key>}:{log,amt,sum,cool}`, one
+ * script per operation (./lua/limit-*.lua, whose headers give KEYS and ARGV).
+ * The connection belongs to the caller.
+ */
+export function createRedisLimitStore(redis: RedisConnection, keyPrefix: string): LimitStore {
+  const acquireScript = loadScript(new URL("./lua/limit-acquire.lua", import.meta.url));
+  const finishScript = loadScript(new URL("./lua/limit-finish.lua", import.meta.url));
+  const cooldownScript = loadScript(new URL("./lua/limit-cooldown.lua", import.meta.url));
   const keysOf = (key: string): string[] => {
     const b = `${keyPrefix}pl:{${key}}`;
     return [`${b}:log`, `${b}:amt`, `${b}:sum`, `${b}:cool`];
@@ -172,10 +94,11 @@ export function createRedisLimitStore(redis: ScriptRunner, keyPrefix: string): L
     async acquire(key, rule, id, tokens) {
       checkTokens(tokens);
       checkRule(rule);
-      const r = replyInts(
-        await redis.run(ACQUIRE, keysOf(key), [id, tokens, rule.rpm ?? 0, rule.tpm ?? 0, rule.windowMs]),
-        "provider limit",
+      const args = [id, tokens, rule.rpm ?? 0, rule.tpm ?? 0, rule.windowMs, WALK_LIMIT];
+      const reply = await redis.exec("provider limit acquire", (c) =>
+        acquireScript.run(c, keysOf(key), args),
       );
+      const r = replyInts(reply, "provider limit");
       if (r[0] === 1) return { ok: true };
       const reason = REASONS[r[2] as 1 | 2 | 3];
       if (!reason) throw new CapstanError("internal", "malformed redis reply: provider limit");
@@ -184,11 +107,13 @@ export function createRedisLimitStore(redis: ScriptRunner, keyPrefix: string): L
     async finish(key, rule, id, tokens) {
       checkTokens(tokens);
       checkRule(rule);
-      await redis.run(FINISH, keysOf(key).slice(0, 3), [id, tokens, rule.windowMs]);
+      await redis.exec("provider limit finish", (c) =>
+        finishScript.run(c, keysOf(key).slice(0, 3), [id, tokens, rule.windowMs]),
+      );
     },
     async cooldown(key, ms) {
       const m = Math.max(1, Math.ceil(ms));
-      await redis.run(COOLDOWN, [keysOf(key)[3]!], [m]);
+      await redis.exec("provider limit cooldown", (c) => cooldownScript.run(c, [keysOf(key)[3]!], [m]));
     },
     async close() {},
   };

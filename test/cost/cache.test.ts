@@ -10,7 +10,7 @@ import { agentVersion, defineAgent, tool } from "../../src/agent/define.js";
 import { resolveModel } from "../../src/agent/models.js";
 import type { ToolDefinition } from "../../src/agent/types.js";
 import { createMemoryCoordination } from "../../src/coord/memory.js";
-import { createRedisCoordination } from "../../src/coord/redis.js";
+import { createRedisCoordination } from "../../src/coord/redis/index.js";
 import type { Coordination } from "../../src/coord/types.js";
 import {
   createLlmCache,

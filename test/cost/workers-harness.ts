@@ -6,7 +6,7 @@
  * processes loading test/fixtures/cost.config.ts. Nothing is mocked.
  */
 import { resolveSettings } from "../../src/config/config.js";
-import { createRedisCoordination } from "../../src/coord/redis.js";
+import { createRedisCoordination } from "../../src/coord/redis/index.js";
 import type { Coordination } from "../../src/coord/types.js";
 import type { PriceTable } from "../../src/cost/pricing.js";
 import { startIngress, type RunningIngress } from "../../src/ingress/server.js";

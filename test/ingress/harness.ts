@@ -5,7 +5,7 @@
  * unreachable endpoints or by deleting this fixture's Redis keys.
  */
 import { resolveSettings, type Settings } from "../../src/config/config.js";
-import { createRedisCoordination, type RedisCoordinationOptions } from "../../src/coord/redis.js";
+import { createRedisCoordination, type RedisCoordinationOptions } from "../../src/coord/redis/index.js";
 import type { Coordination, StreamEvent } from "../../src/coord/types.js";
 import { startIngress, type RunningIngress, type StartIngressOptions } from "../../src/ingress/server.js";
 import { silentLogger } from "../../src/logger.js";

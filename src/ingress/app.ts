@@ -70,6 +70,11 @@ export interface IngressDeps {
   embedder?: Embedder;
   /** OpenTelemetry tracing (src/observability/tracing.ts); absent when disabled. */
   tracing?: Tracing;
+  /**
+   * Told of every route as it is registered (`url` with its `/v1` prefix):
+   * test/ingress/openapi.test.ts checks each one against /openapi.json.
+   */
+  onRoute?: (route: { method: string | string[]; url: string }) => void;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -155,6 +160,8 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
     routerOptions: { maxParamLength: 3 * 1024 },
   });
 
+  const onRoute = deps.onRoute;
+  if (onRoute) app.addHook("onRoute", (r) => onRoute({ method: r.method, url: r.url }));
   app.decorateRequest("principal", null);
   // First of all hooks: the request span also covers requests the hooks below refuse.
   traceRequests(app, deps.tracing);

@@ -1,6 +1,7 @@
 /**
- * Coordination on Redis (production). Redis is never the truth here (DESIGN §3):
- * it may be flushed or restarted at any instant, so every operation either
+ * Coordination on Redis (production). Redis is never the truth here
+ * (docs/architecture.md#when-a-dependency-fails): it may be flushed or
+ * restarted at any instant, so every operation either
  * completes or fails fast with a `redis_unavailable` CapstanError — it never
  * hangs — and the connections reconnect by themselves.
  *

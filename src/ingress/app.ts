@@ -1,7 +1,8 @@
 /**
- * The ingress (DESIGN §2, §10, §11): a stateless HTTP API over Postgres and
- * the coordination backend. This file only wires things: request ids,
- * body parsing, the one error handler, auth and rate limits for /v1, routes.
+ * The ingress (docs/architecture.md#layers-and-processes, docs/http-api.md): a
+ * stateless HTTP API over Postgres and the coordination backend. This file
+ * only wires things: request ids, body parsing, the one error handler, auth
+ * and rate limits for /v1, routes.
  */
 import { randomUUID } from "node:crypto";
 import Fastify, {

@@ -15,7 +15,7 @@ interface ToolCall {
 }
 
 /**
- * One tool call as a journaled step, with the effect rules of DESIGN §6:
+ * One tool call as a journaled step, with the effect rules of docs/architecture.md#tools-and-effects:
  * - an outcome in the journal is reused, never re-executed;
  * - an intent without outcome (crash mid-call) is re-run for `pure` and
  *   `idempotent` tools (same idempotency key), and parks the run in

@@ -28,6 +28,36 @@ export type ErrorCode =
   | "not_implemented"
   | "internal";
 
+/**
+ * `error.code` of a run that ended without succeeding (`GET /v1/runs/:id`,
+ * the `run.failed` and `run.cancelled` events): a public contract like
+ * `ErrorCode` (codes are added, never renamed). docs/http-api.md#run-error-codes
+ * says when each one happens and whether a new run or a resume helps.
+ */
+export type RunErrorCode =
+  // status `cancelled`
+  | "cancelled"
+  | "interrupted"
+  // status `failed`, set by the scheduler (src/state/scheduler.ts)
+  | "attempts_exhausted"
+  // status `failed`, set by the worker (src/worker)
+  | "unknown_agent"
+  | "max_steps_exceeded"
+  | "max_tokens_exceeded"
+  | "wall_time_exceeded"
+  | "budget_exceeded"
+  | "rate_limited"
+  | "server_busy"
+  | "model_error"
+  | "internal";
+
+/**
+ * `error.code` of a failed tool step (`GET /v1/runs/:id/steps`). The run goes
+ * on: the model receives the error as the tool's result.
+ * docs/http-api.md#step-error-codes.
+ */
+export type StepErrorCode = "unknown_tool" | "invalid_arguments" | "rejected" | "tool_timeout" | "tool_error";
+
 export interface FieldIssue {
   /** Dotted path of the offending field, e.g. `input.content` or `query.limit`. */
   field: string;

@@ -1,5 +1,5 @@
 /**
- * The agent-definition SDK (DESIGN §11): `tool`, `defineAgent`, `defineConfig`.
+ * The agent-definition SDK (docs/agent-sdk.md): `tool`, `defineAgent`, `defineConfig`.
  *
  * Everything is validated when it is defined, so a broken config fails at
  * start with a message that says what to fix, never mid-run. The results are
@@ -393,7 +393,7 @@ export function normalizeConfig(raw: unknown, where: string): CapstanConfig {
 /**
  * A stable short hash (16 hex chars) of what determines an agent's behaviour
  * towards the model: name, model label, instructions, and each tool's name,
- * description, input JSON schema and effect. Used to version caches (DESIGN §8):
+ * description, input JSON schema and effect. Used to version caches (docs/agent-sdk.md#caches):
  * change any of these and cached responses of the old version stop matching.
  * Independent of object key order and of the order tools are listed in.
  */

@@ -3,7 +3,7 @@
  * long-term memory, `recall` searches it. The worker constructs them (they
  * need the database), so a config file only opts in.
  *
- * Crash safety (DESIGN §6): the worker journals these calls like any tool.
+ * Crash safety (docs/architecture.md#tools-and-effects): the worker journals these calls like any tool.
  * - `remember` is "idempotent": it upserts the memory keyed by the call's
  *   idempotency key (stable per run and tool call across retries and
  *   workers), so re-running it after a crash rewrites the same row instead

@@ -1,5 +1,5 @@
 /**
- * Model resolution: `provider:model` strings (DESIGN §11) to AI SDK language
+ * Model resolution: `provider:model` strings (docs/agent-sdk.md#models) to AI SDK language
  * models, and agent tools to the tool schemas a model sees.
  *
  * `resolveModel` is cheap and pure apart from constructing provider clients;
@@ -168,7 +168,7 @@ export function registerScript(
  * The `tools` object for `streamText`/`generateText`: name, description and
  * JSON schema of each tool's input, and NO execute function. The model sees
  * the tools; the AI SDK validates the arguments the model produces against the
- * zod schema; execution stays with the worker, which journals it (DESIGN §6).
+ * zod schema; execution stays with the worker, which journals it (docs/architecture.md#tools-and-effects).
  */
 export function toolSchemas(agent: AgentDefinition): ToolSet {
   const out: ToolSet = {};

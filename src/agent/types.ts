@@ -35,7 +35,7 @@ export interface ToolContext {
 export interface ToolDefinition<I extends z.ZodType = z.ZodType, O = unknown> {
   description: string;
   input: I;
-  /** How a call whose outcome is unknown after a crash is handled (DESIGN §6). */
+  /** How a call whose outcome is unknown after a crash is handled (docs/agent-sdk.md#effect-classes). */
   effect: Effect;
   /** Pause the run in `waiting` until a human approves or rejects the call. */
   requiresApproval: boolean;

@@ -1,5 +1,5 @@
 /**
- * Wire types of the Capstan HTTP API (DESIGN §11), snake_case as sent. Kept
+ * Wire types of the Capstan HTTP API (docs/http-api.md), snake_case as sent. Kept
  * free of dependencies so `capstan/client` runs anywhere `fetch` does; the
  * ingress checks at compile time that its schemas produce exactly these.
  */

@@ -139,7 +139,7 @@ export const settingsSchema = z
       .strict()
       .default({ embedder: "local:lexical", embeddingCacheTtlMs: 7 * 24 * 3600_000 }),
     /**
-     * OpenTelemetry tracing (DESIGN §9). Off by default: no SDK objects, no
+     * OpenTelemetry tracing (docs/operations.md#tracing). Off by default: no SDK objects, no
      * exporter, and no trace context stored with runs. When on, every role
      * exports spans over OTLP/HTTP (JSON) to `endpoint`.
      */

@@ -1,5 +1,5 @@
 /**
- * Coordination backends (DESIGN §3, §7): Redis in production, process memory
+ * Coordination backends (docs/architecture.md#state-and-its-owners): Redis in production, process memory
  * in the embedded dev mode. Both satisfy the contracts in ./types.ts and the
  * shared suite in ./conformance.ts.
  */

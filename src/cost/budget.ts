@@ -1,6 +1,6 @@
 /**
  * Tenant token budgets (per UTC day and per UTC month), checked before every
- * LLM call and holding across all workers at once (DESIGN §8).
+ * LLM call and holding across all workers at once (docs/architecture.md#cost-control).
  *
  * ## How
  *

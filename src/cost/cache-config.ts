@@ -1,5 +1,5 @@
 /**
- * Cache configuration of agents and tools (DESIGN §6, §8), validated when the
+ * Cache configuration of agents and tools (docs/agent-sdk.md#caches), validated when the
  * config is defined or loaded, so a cache that must not exist is refused at
  * start with a clear `config_invalid`, never discovered mid-run.
  *
@@ -121,8 +121,8 @@ export function normalizeToolCache(
       where,
       "cache",
       `only "pure" tools may be cached, and this tool is ${describe(effect)}: its calls must run exactly as ` +
-        `journaled (DESIGN §6), never be served from a cache. Remove \`cache\`, or declare effect: "pure" ` +
-        "if the tool only reads or computes",
+        "journaled (docs/agent-sdk.md#effect-classes), never be served from a cache. " +
+        'Remove `cache`, or declare effect: "pure" if the tool only reads or computes',
     );
   }
   if (!isRecord(raw))

@@ -1,5 +1,5 @@
 /**
- * The LLM response cache and the pure-tool result cache (DESIGN §8), on the
+ * The LLM response cache and the pure-tool result cache (docs/agent-sdk.md#caches), on the
  * coordination `KvCache` (Redis with TTLs; memory in embedded mode). Loss
  * only costs money: every cache error is a miss, never a failed run.
  *

@@ -1,5 +1,6 @@
 /**
- * An optional price table turning tokens into an estimated cost (DESIGN §8).
+ * An optional price table turning tokens into an estimated cost
+ * (docs/agent-sdk.md#provider-limits-and-prices).
  * Proposed home: `defineConfig({ models: { prices } })`:
  *
  *   prices: {

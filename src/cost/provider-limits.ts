@@ -1,5 +1,5 @@
 /**
- * Shared provider limits (DESIGN §8): requests and tokens per window per
+ * Shared provider limits (docs/agent-sdk.md#provider-limits-and-prices): requests and tokens per window per
  * model (and provider account), enforced across all workers so that twenty
  * replicas together stay under the provider's quota. A worker WAITS for
  * capacity instead of calling (a bounded wait that honours its AbortSignal),

@@ -1,7 +1,8 @@
 /**
- * The ingress (DESIGN §2, §10, §11): a stateless HTTP API over Postgres and
- * the coordination backend. This file only wires things: request ids,
- * body parsing, the one error handler, auth and rate limits for /v1, routes.
+ * The ingress (docs/architecture.md#layers-and-processes, docs/http-api.md): a
+ * stateless HTTP API over Postgres and the coordination backend. This file
+ * only wires things: request ids, body parsing, the one error handler, auth
+ * and rate limits for /v1, routes.
  */
 import { randomUUID } from "node:crypto";
 import Fastify, {
@@ -70,6 +71,11 @@ export interface IngressDeps {
   embedder?: Embedder;
   /** OpenTelemetry tracing (src/observability/tracing.ts); absent when disabled. */
   tracing?: Tracing;
+  /**
+   * Told of every route as it is registered (`url` with its `/v1` prefix):
+   * test/ingress/openapi.test.ts checks each one against /openapi.json.
+   */
+  onRoute?: (route: { method: string | string[]; url: string }) => void;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -155,6 +161,8 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
     routerOptions: { maxParamLength: 3 * 1024 },
   });
 
+  const onRoute = deps.onRoute;
+  if (onRoute) app.addHook("onRoute", (r) => onRoute({ method: r.method, url: r.url }));
   app.decorateRequest("principal", null);
   // First of all hooks: the request span also covers requests the hooks below refuse.
   traceRequests(app, deps.tracing);

@@ -1,5 +1,5 @@
 /**
- * The HTTP side of idempotency (DESIGN §3: keys live in Postgres). Every POST
+ * The HTTP side of idempotency (docs/http-api.md#conventions; keys live in Postgres). Every POST
  * accepts `Idempotency-Key`; what makes two requests "the same" is the hash
  * of method, canonical path and canonical JSON body, so key order and
  * whitespace in the body do not matter, while another target or body does.

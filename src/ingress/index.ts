@@ -1,4 +1,4 @@
-/** The ingress role: HTTP API + SSE (DESIGN §2, §7, §10, §11). */
+/** The ingress role: HTTP API + SSE (docs/http-api.md). */
 export { buildIngress, type IngressDeps } from "./app.js";
 export { startIngress, type RunningIngress, type StartIngressOptions } from "./server.js";
 export { DEFAULT_RATE_LIMIT, type RedisFailurePolicy } from "./ratelimit.js";

@@ -2,7 +2,7 @@ import { Counter, Gauge, type Registry } from "prom-client";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 
 /**
- * Ingress metrics (DESIGN §9). The process-wide ones (HTTP durations, SSE
+ * Ingress metrics (docs/operations.md#metrics). The process-wide ones (HTTP durations, SSE
  * clients, rate-limit rejections) live in the process `Metrics`, so one
  * `/metrics` covers every role in the process (`capstan dev`); the few that
  * only the ingress has are added to the same registry, with its prefix.

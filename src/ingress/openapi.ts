@@ -89,6 +89,36 @@ const idempotencyKey: Json = {
 };
 const common = problems(401, 429, 503);
 
+/** Every route, operational ones included, answers 503 `server_busy` once the server is closing. */
+const closing: Json = {
+  "503": {
+    description: "server_busy: the server is shutting down; retry on another replica",
+    content: { "application/problem+json": { schema: ref("Problem") } },
+  },
+};
+
+/** The body of `/readyz`, ready (200) or not (503). */
+const readiness: Json = {
+  "application/json": {
+    schema: {
+      type: "object",
+      required: ["status", "checks"],
+      properties: {
+        status: { enum: ["ready", "unready"] },
+        checks: {
+          type: "object",
+          description: "postgres, schema, coordination, agents (and shutdown while closing)",
+          additionalProperties: {
+            type: "object",
+            required: ["ok"],
+            properties: { ok: { type: "boolean" }, detail: { type: "string" } },
+          },
+        },
+      },
+    },
+  },
+};
+
 const budgetExceeded: Json = {
   "402": {
     description:
@@ -241,9 +271,14 @@ export function buildOpenApi(): Json {
         post: {
           summary: "Cancel a queued, running or waiting run",
           parameters: [idParam("run"), idempotencyKey],
+          requestBody: {
+            required: false,
+            description: "No body, or an empty JSON object.",
+            content: { "application/json": { schema: { type: "object", additionalProperties: false } } },
+          },
           responses: {
             "200": { description: "The run", content: json("Run") },
-            ...problems(404, 409, 422),
+            ...problems(400, 404, 409, 413, 415, 422),
             ...common,
           },
         },
@@ -389,20 +424,60 @@ export function buildOpenApi(): Json {
         },
       },
       "/healthz": {
-        get: { summary: "Liveness", security: [], responses: { "200": { description: "Alive" } } },
+        get: {
+          summary: "Liveness",
+          security: [],
+          responses: {
+            "200": {
+              description: "Alive",
+              content: {
+                "application/json": {
+                  schema: { type: "object", properties: { status: { const: "ok" } } },
+                },
+              },
+            },
+            ...closing,
+          },
+        },
       },
       "/readyz": {
         get: {
           summary: "Readiness: Postgres reachable, schema current, coordination reachable, agents loaded",
           security: [],
-          responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } },
+          responses: {
+            "200": { description: "Ready", content: readiness },
+            "503": {
+              description:
+                "Not ready (the failing checks say why), or shutting down (then problem+json server_busy)",
+              content: readiness,
+            },
+          },
         },
       },
       "/metrics": {
         get: {
           summary: "Prometheus metrics",
           security: [],
-          responses: { "200": { description: "Metrics" } },
+          responses: {
+            "200": {
+              description: "The Prometheus text exposition format",
+              content: { "text/plain": { schema: { type: "string" } } },
+            },
+            ...closing,
+          },
+        },
+      },
+      "/openapi.json": {
+        get: {
+          summary: "This document",
+          security: [],
+          responses: {
+            "200": {
+              description: "OpenAPI 3.1",
+              content: { "application/json": { schema: { type: "object" } } },
+            },
+            ...closing,
+          },
         },
       },
     },

@@ -1,5 +1,5 @@
 /**
- * The one mapping from errors to HTTP (DESIGN §10): every error answer is
+ * The one mapping from errors to HTTP (docs/http-api.md#errors): every error answer is
  * `application/problem+json` (RFC 9457) with a stable `code`. CapstanErrors
  * map by code; Fastify's own errors (body parsing, limits, routing) map by
  * their FST_ codes; database connection failures become 503; anything else

@@ -4,7 +4,7 @@
  * `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds);
  * a refusal is 429 `rate_limited` with `Retry-After`.
  *
- * Redis is never the truth (DESIGN §3): when the limiter fails, the
+ * Redis is never the truth (docs/architecture.md#when-a-dependency-fails): when the limiter fails, the
  * configured policy decides — "open" (default) lets the request through, and
  * logs and counts it; "closed" answers 503 `redis_unavailable`.
  */

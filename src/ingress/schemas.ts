@@ -1,5 +1,5 @@
 /**
- * Request and response schemas of the public HTTP API (DESIGN §11). The zod
+ * Request and response schemas of the public HTTP API (docs/http-api.md). The zod
  * schemas are the single source: handlers validate with them and
  * /openapi.json is generated from them. Every input is bounded here.
  */

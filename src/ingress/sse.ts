@@ -1,5 +1,6 @@
 /**
- * `GET /v1/runs/:id/events`: the streaming contract (DESIGN §7).
+ * `GET /v1/runs/:id/events`: the streaming contract (docs/http-api.md#run-events-sse,
+ * docs/architecture.md#streaming-channel).
  *
  * Ids: a coarse event persisted in Postgres is "N" (gap-free per run); a
  * token delta is "N.k" (k-th delta after coarse event N, live stream only).

@@ -5,7 +5,7 @@ import { idSchema } from "./schemas.js";
 /**
  * Where a value came from, which prefixes its field names in problems:
  * body fields are bare dotted paths (`input.content`), query fields are
- * `query.<name>` (DESIGN §10: "the offending fields").
+ * `query.<name>` (docs/http-api.md#errors).
  */
 export type Location = "body" | "query";
 

@@ -1,4 +1,4 @@
-/** State objects → the snake_case wire shapes of DESIGN §11 (see ./schemas.ts). */
+/** State objects → the snake_case wire shapes of docs/http-api.md (see ./schemas.ts). */
 import type { Memory, MemoryMatch } from "../state/memories.js";
 import type { Thread } from "../state/threads.js";
 import type { Message, Run, Step } from "../state/types.js";

@@ -8,7 +8,7 @@ import {
 } from "./queue-stats.js";
 
 /**
- * Prometheus metrics of one Capstan process (DESIGN §9). Each `createMetrics`
+ * Prometheus metrics of one Capstan process (docs/operations.md#metrics). Each `createMetrics`
  * call owns a private `Registry`: nothing is registered on prom-client's
  * global registry, so several instances (tests, `capstan dev` running both
  * roles) never collide, and `/metrics` serves exactly what was created here.

@@ -6,7 +6,8 @@ import { schemaStatus, shippedMigrations, type Migration } from "../state/migrat
 
 /**
  * The operational HTTP endpoints of a process without an HTTP API (the
- * worker): `/healthz`, `/readyz`, `/metrics` (DESIGN §9). Plain node:http,
+ * worker): `/healthz`, `/readyz`, `/metrics`
+ * (docs/operations.md#health-readiness-and-metrics-endpoints). Plain node:http,
  * unauthenticated, GET/HEAD only. Bind it to the pod network for probes and
  * scrapes; never expose it publicly.
  *

@@ -1,7 +1,7 @@
 import type { Queryable } from "../state/db.js";
 
 /**
- * Queue statistics read straight from the runs table (DESIGN §1.6, §9): the
+ * Queue statistics read straight from the runs table (docs/operations.md#metrics): the
  * numbers autoscaling and the operator act on. Everything here is one cheap
  * query over the *pending* part of the table only, so its cost grows with the
  * backlog, never with history.

@@ -23,7 +23,7 @@ import type { Logger } from "../logger.js";
 import type { TraceContext } from "../state/types.js";
 
 /**
- * OpenTelemetry tracing for one process (DESIGN §9), built from resolved
+ * OpenTelemetry tracing for one process (docs/operations.md#tracing), built from resolved
  * settings by `createTracing`. Spans are created explicitly (no
  * auto-instrumentation, nothing monkey-patched) and parents are passed
  * explicitly: nothing is registered with the global OpenTelemetry API (no

@@ -9,9 +9,9 @@ import {
   type Effect,
   type Lease,
   type NewEvent,
-  type RunError,
   type RunEvent,
   type Step,
+  type StepError,
 } from "./types.js";
 
 /**
@@ -166,7 +166,7 @@ export interface ToolOutcomeInput {
   stepNo: number;
   status: "completed" | "failed";
   result?: unknown;
-  error?: RunError;
+  error?: StepError;
   /** Cacheable (pure) tools: whether the result came from the cache. */
   cacheHit?: boolean;
 }

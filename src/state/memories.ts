@@ -1,5 +1,5 @@
 /**
- * Long-term memories (DESIGN §3): per tenant and namespace, with text,
+ * Long-term memories (docs/architecture.md#bounded-context-and-memory): per tenant and namespace, with text,
  * metadata, an embedding, timestamps and an optional TTL.
  *
  * Two search backends share this module and one table (0002_memory.sql):

@@ -1,6 +1,6 @@
 /**
- * Conversation summaries (bounded context, DESIGN §3: critical state, so in
- * Postgres). A summary's text covers the thread's messages 1..toSeq: each new
+ * Conversation summaries (bounded context, docs/architecture.md#bounded-context-and-memory:
+ * critical state, so in Postgres). A summary's text covers the thread's messages 1..toSeq: each new
  * summary folds the previous one in, and records the first message it added
  * as `fromSeq` (= previous toSeq + 1), so a thread's summaries chain without
  * gaps or overlaps. Messages themselves are never rewritten.

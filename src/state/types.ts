@@ -1,4 +1,5 @@
 /** Row types of the state layer, in the shapes the rest of the code uses. */
+import type { RunErrorCode, StepErrorCode } from "../errors.js";
 
 export type RunStatus = "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
 export type Multitask = "enqueue" | "reject" | "interrupt";
@@ -15,8 +16,16 @@ export interface Lease {
   workerId: string;
 }
 
+/** `runs.error`: why a run failed or was cancelled. */
 export interface RunError {
-  code: string;
+  code: RunErrorCode;
+  message: string;
+  [k: string]: unknown;
+}
+
+/** `steps.error`: why a tool step failed (the run goes on). */
+export interface StepError {
+  code: StepErrorCode;
   message: string;
   [k: string]: unknown;
 }
@@ -93,7 +102,7 @@ export interface Step {
   idempotencyKey: string | null;
   input: unknown;
   output: unknown;
-  error: RunError | null;
+  error: StepError | null;
   inputTokens: number | null;
   outputTokens: number | null;
   cachedInputTokens: number | null;
@@ -192,7 +201,7 @@ export function toStep(r: Row): Step {
     idempotencyKey: (r.idempotency_key as string | null) ?? null,
     input: r.input ?? null,
     output: r.output ?? null,
-    error: (r.error as RunError | null) ?? null,
+    error: (r.error as StepError | null) ?? null,
     inputTokens: (r.input_tokens as number | null) ?? null,
     outputTokens: (r.output_tokens as number | null) ?? null,
     cachedInputTokens: (r.cached_input_tokens as number | null) ?? null,

@@ -1,6 +1,6 @@
 /**
  * Token accounting and budgets in Postgres, the authoritative record of what
- * was spent (DESIGN §3, §8). Redis only holds fast counters derived from this
+ * was spent (docs/architecture.md#cost-control). Redis only holds fast counters derived from this
  * (src/cost/budget.ts) and may be rebuilt from it at any time.
  *
  * Days and months are UTC. Budgeted tokens are input + output tokens (cached

@@ -1,6 +1,6 @@
 import type { LanguageModel, ModelMessage, ToolSet } from "ai";
 import type { AgentDefinition } from "../agent/types.js";
-import { LeaseLostError } from "../errors.js";
+import { LeaseLostError, type RunErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Db } from "../state/db.js";
 import { appendEvents, appendLlmStep, readJournal } from "../state/journal.js";
@@ -190,7 +190,7 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
   }
 }
 
-function fail(code: string, message: string): never {
+function fail(code: RunErrorCode, message: string): never {
   throw new RunFailure({ code, message });
 }
 
@@ -227,7 +227,7 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
   let runError: RunError;
   if (err instanceof RunFailure) runError = err.runError;
   else if (isCapstanError(err) && ["budget_exceeded", "rate_limited", "server_busy"].includes(err.code)) {
-    runError = { code: err.code, message: err.message, ...(err.details ?? {}) };
+    runError = { code: err.code as RunErrorCode, message: err.message, ...(err.details ?? {}) };
   } else if (err instanceof ModelError)
     runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
   else if (isTransient(err)) {

@@ -1,7 +1,7 @@
 import type { ToolDefinition } from "../agent/types.js";
-import { LeaseLostError } from "../errors.js";
+import { LeaseLostError, type StepErrorCode } from "../errors.js";
 import { appendPureToolStep, recordToolIntent, recordToolOutcome } from "../state/journal.js";
-import type { NewEvent, RunError, Step } from "../state/types.js";
+import type { NewEvent, Step, StepError } from "../state/types.js";
 import { outcomeOfStep, type ToolOutcome } from "./messages.js";
 import type { RunContext } from "./run-loop.js";
 
@@ -15,7 +15,7 @@ interface ToolCall {
 }
 
 /**
- * One tool call as a journaled step, with the effect rules of DESIGN §6:
+ * One tool call as a journaled step, with the effect rules of docs/architecture.md#tools-and-effects:
  * - an outcome in the journal is reused, never re-executed;
  * - an intent without outcome (crash mid-call) is re-run for `pure` and
  *   `idempotent` tools (same idempotency key), and parks the run in
@@ -141,7 +141,7 @@ async function execute(
       : undefined;
   if (cached?.enabled) ctx.hooks.onCache?.({ cache: "tool", hit: !!cached.hit });
   let outcome: ToolOutcome;
-  let error: RunError | undefined;
+  let error: StepError | undefined;
   let result: unknown;
   try {
     if (cached?.hit) {
@@ -217,7 +217,7 @@ async function recordRefusal(
     effect?: ToolDefinition["effect"];
   },
   args: unknown,
-  code: string,
+  code: StepErrorCode,
   message: string,
   hasIntent = false,
 ): Promise<ToolStepResult> {

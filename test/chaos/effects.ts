@@ -11,7 +11,7 @@
  *
  * Effects are performed when the request arrives, then the answer is delayed a
  * little (`delayMs`), so a worker killed in that window leaves an effect whose
- * outcome it never learned: exactly the unknown-outcome case of DESIGN §6.
+ * outcome it never learned: exactly the unknown-outcome case of docs/architecture.md#tools-and-effects.
  * Memory is bounded: at most `maxKeys` distinct keys (then 507).
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";

@@ -97,7 +97,8 @@ describe("chaos regressions", () => {
     held.release();
     worker();
     const after = await settled(run.id);
-    // DESIGN §6: an intent without outcome of a side-effect tool parks the run for a human;
+    // docs/architecture.md#tools-and-effects: an intent without outcome of a side-effect tool
+    // parks the run for a human;
     // the approval given before the first attempt does not cover a second one.
     expect(fx.performed.get(`${run.id}:1`)).toBe(1);
     expect(after.status).toBe("waiting");

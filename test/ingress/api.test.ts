@@ -17,7 +17,7 @@ afterEach(async () => {
   await h?.close();
 });
 
-describe("ingress API: the happy paths of DESIGN §11", () => {
+describe("ingress API: the happy paths of docs/http-api.md", () => {
   it("threads: create (201, Location), get with status, list messages with paging", async () => {
     const created = await call(api.url, "POST", "/v1/threads", {
       key: h.a.key,

@@ -236,7 +236,7 @@ export class FakeWorker {
     const persisted = await finishRun(this.h.t.db, this.run.lease, this.run.threadId, {
       status,
       messages: [{ role: "assistant", content: "done" }],
-      ...(status === "failed" ? { error: { code: "boom", message: "failed on purpose" } } : {}),
+      ...(status === "failed" ? { error: { code: "internal", message: "failed on purpose" } } : {}),
     });
     this.note(persisted);
     if (publish) await this.publish(persisted);

@@ -56,7 +56,7 @@ describe("capstan status", () => {
     await finishRun(t.db, claimed[1]!.lease, claimed[1]!.threadId, { status: "succeeded" });
     await finishRun(t.db, claimed[2]!.lease, claimed[2]!.threadId, {
       status: "failed",
-      error: { code: "x", message: "x" },
+      error: { code: "internal", message: "x" },
     });
     await t.db.query(
       `UPDATE runs SET queued_at = now() - interval '125 seconds'

@@ -89,7 +89,7 @@ async function storedAnswer(db: Db, scope: IdempotencyScope): Promise<StoredResp
 }
 
 /**
- * Long-term memory endpoints (DESIGN §3), tenant-scoped throughout:
+ * Long-term memory endpoints (docs/http-api.md#memories), tenant-scoped throughout:
  * - `PUT /memories/:namespace/:key {text, metadata?, ttl_seconds?}`: upsert
  *   by key (201 created, 200 updated); `GET`/`DELETE` on the same path;
  * - `POST /memories {namespace, text, metadata?, ttl_seconds?}`: a new keyless

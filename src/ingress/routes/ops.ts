@@ -15,7 +15,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 const errText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
-/** Unauthenticated operational endpoints (DESIGN §9, §11). */
+/** Unauthenticated operational endpoints (docs/http-api.md#operational-endpoints). */
 export function opsRoutes(app: FastifyInstance, ctx: IngressContext, opts: { probeTimeoutMs: number }): void {
   const openapi = JSON.stringify(buildOpenApi());
 

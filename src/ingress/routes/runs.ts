@@ -22,7 +22,7 @@ export interface RunRouteOptions {
   prices?: PriceTable | undefined;
 }
 
-/** Run endpoints (DESIGN §11), except the event stream (./events.ts). Tenant-scoped throughout. */
+/** Run endpoints (docs/http-api.md#runs), except the event stream (./events.ts). Tenant-scoped throughout. */
 export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRouteOptions = {}): void {
   const prices = opts.prices && Object.keys(opts.prices).length > 0 ? opts.prices : undefined;
   /** A run with its estimated cost when there is a price table (one more query, on `db`). */

@@ -7,7 +7,7 @@ import { createThreadBody, LIMITS, messagesQuery, type MessagePageJson } from ".
 import { parseOr400, pathId } from "../validate.js";
 import { messageView, threadView } from "../views.js";
 
-/** Thread endpoints (DESIGN §11). Every query is scoped to the caller's tenant. */
+/** Thread endpoints (docs/http-api.md#threads). Every query is scoped to the caller's tenant. */
 export function threadRoutes(app: FastifyInstance, ctx: IngressContext): void {
   app.post("/threads", async (req, reply) => {
     const { tenantId } = principalOf(req);

@@ -81,7 +81,7 @@ export function usageRange(query: unknown, now: number = Date.now()): { from: st
 }
 
 /**
- * Usage endpoints (DESIGN §8), tenant-scoped:
+ * Usage endpoints (docs/http-api.md#usage-and-caches), tenant-scoped:
  * - `GET /usage?from=YYYY-MM-DD&to=YYYY-MM-DD`: token usage per UTC day and
  *   model, totals, estimated cost (with a price table) and the tenant's budgets;
  * - `GET /threads/:id/usage`: a thread's usage, summed over its retained runs.

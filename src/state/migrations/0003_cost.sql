@@ -1,4 +1,4 @@
--- Capstan schema, version 3: token accounting and budgets (DESIGN §8).
+-- Capstan schema, version 3: token accounting and budgets (docs/architecture.md#cost-control).
 -- Forward-only: never edit a released migration, add a new numbered file.
 
 -- Token usage per tenant, per UTC day, per model: the rollup that budgets,

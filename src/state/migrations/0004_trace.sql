@@ -1,4 +1,4 @@
--- Capstan schema, version 4: trace context of runs (OpenTelemetry, DESIGN §9).
+-- Capstan schema, version 4: trace context of runs (OpenTelemetry, docs/operations.md#tracing).
 -- Forward-only: never edit a released migration, add a new numbered file.
 
 -- The W3C trace context of the request that created the run,

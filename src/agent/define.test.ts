@@ -174,7 +174,7 @@ describe("defineAgent()", () => {
           limits: { maxStep: 3 } as unknown as { maxSteps: number },
         }),
       ).message,
-    ).toMatch(/limits\.maxStep: unknown limit/);
+    ).toMatch(/unknown key "limits\.maxStep": did you mean "limits\.maxSteps"\?/);
   });
 
   it("refuses a context budget too small to hold a summary and a turn", () => {
@@ -204,8 +204,8 @@ describe("defineConfig()", () => {
     expect(configError(() => defineConfig({ agents: "x" } as never)).message).toMatch(
       /agents: must be an array/,
     );
-    expect(configError(() => defineConfig({ agents: [], agent: [] } as never)).message).toMatch(
-      /unknown config key/,
+    expect(configError(() => defineConfig({ agents: [], agent: [] } as never)).message).toBe(
+      'defineConfig(): unknown key "agent": did you mean "agents"?',
     );
   });
 
@@ -214,6 +214,117 @@ describe("defineConfig()", () => {
       agents: [defineAgent({ name: "x", model: "scripted:echo", instructions: "i", tools: { lookup } })],
     });
     expect(defineConfig(cfg)).toEqual(cfg);
+  });
+});
+
+describe("unknown keys", () => {
+  const agent = { name: "support", model: "scripted:echo", instructions: "" };
+  const base = { description: "d", input: z.object({}), effect: "pure" as const, run: () => 1 };
+
+  it("refuses a misspelled agent option with the closest valid name", () => {
+    // `tool` for `tools` would otherwise start an agent with no tools.
+    const e = configError(() => defineAgent({ ...agent, tool: { lookup } } as never));
+    expect(e.message).toBe('defineAgent() agent "support": unknown key "tool": did you mean "tools"?');
+    expect(e.fields).toEqual([{ field: "tool", message: 'unknown key "tool": did you mean "tools"?' }]);
+    // Reported before the value checks, so a misspelled name is named as such.
+    expect(configError(() => defineAgent({ nmae: "x", model: "scripted:echo" } as never)).message).toBe(
+      'defineAgent(): unknown key "nmae": did you mean "name"?',
+    );
+    expect(configError(() => defineAgent({ ...agent, Temprature: 0 } as never)).message).toMatch(
+      /unknown key "Temprature": did you mean "temperature"\?/,
+    );
+  });
+
+  it("lists the known keys when none is close", () => {
+    const e = configError(() => defineAgent({ ...agent, prompt: "x" } as never));
+    expect(e.message).toBe(
+      'defineAgent() agent "support": unknown key "prompt"; known keys: "name", "model", "instructions", ' +
+        '"tools", "limits", "temperature", "maxOutputTokens", "cache", "memory", "context"',
+    );
+  });
+
+  it("refuses unknown tool options, also of tools not made with tool()", () => {
+    expect(configError(() => tool({ ...base, requireApproval: true } as never)).message).toBe(
+      'tool(): unknown key "requireApproval": did you mean "requiresApproval"?',
+    );
+    expect(configError(() => tool({ ...base, timeout: 5 } as never)).message).toMatch(
+      /unknown key "timeout": did you mean "timeoutMs"\?/,
+    );
+    const e = configError(() =>
+      defineAgent({ ...agent, tools: { refund: { ...lookup, efect: "pure" } as never } }),
+    );
+    expect(e.message).toBe(
+      'defineAgent() agent "support" tool "refund": unknown key "efect": did you mean "effect"?',
+    );
+    expect(configError(() => tool({ ...base, cache: { ttl: 5_000 } } as never)).message).toBe(
+      'tool(): unknown key "cache.ttl": did you mean "cache.ttlMs"?',
+    );
+  });
+
+  it("refuses unknown keys in nested agent options", () => {
+    const cases: [object, string][] = [
+      [{ memory: { recal: { k: 3 } } }, '"memory.recal": did you mean "memory.recall"?'],
+      [{ memory: { recall: { K: 3 } } }, '"memory.recall.K": did you mean "memory.recall.k"?'],
+      [
+        { memory: { tools: { namespce: "tenant" } } },
+        '"memory.tools.namespce": did you mean "memory.tools.namespace"?',
+      ],
+      [
+        { memory: { recall: { k: 3, namespace: { nam: "kb" } } } },
+        '"memory.recall.namespace.nam": did you mean "memory.recall.namespace.name"?',
+      ],
+      [{ context: { maxToken: 1_000 } }, '"context.maxToken": did you mean "context.maxTokens"?'],
+      [{ temperature: 0, cache: { lm: true } }, '"cache.lm": did you mean "cache.llm"?'],
+      [
+        { temperature: 0, cache: { llm: { ttl: 5_000 } } },
+        '"cache.llm.ttl": did you mean "cache.llm.ttlMs"?',
+      ],
+    ];
+    for (const [extra, text] of cases) {
+      expect(configError(() => defineAgent({ ...agent, ...extra })).message).toBe(
+        `defineAgent() agent "support": unknown key ${text}`,
+      );
+    }
+  });
+
+  it("refuses unknown keys in model settings and in the server section", () => {
+    expect(
+      configError(() => defineConfig({ agents: [], models: { compatible: { baseUrl: "x" } } as never })),
+    ).toEqual({
+      message:
+        'defineConfig(): unknown key "models.compatible.baseUrl": did you mean "models.compatible.baseURL"?',
+      fields: [
+        {
+          field: "models.compatible.baseUrl",
+          message: 'unknown key "models.compatible.baseUrl": did you mean "models.compatible.baseURL"?',
+        },
+      ],
+    });
+    expect(configError(() => defineConfig({ agents: [], models: { opneai: {} } as never })).message).toMatch(
+      /unknown key "models\.opneai": did you mean "models\.openai"\?/,
+    );
+    expect(
+      configError(() => defineConfig({ agents: [], server: { wroker: { concurrency: 2 } } })).message,
+    ).toBe('defineConfig(): unknown key "server.wroker": did you mean "server.worker"?');
+    expect(
+      configError(() => defineConfig({ agents: [], server: { worker: { concurency: 2 } } })).fields,
+    ).toEqual([
+      {
+        field: "worker.concurency",
+        message: 'unknown key "server.worker.concurency": did you mean "server.worker.concurrency"?',
+      },
+    ]);
+    // Values are left to resolveSettings (the environment may still override them).
+    expect(defineConfig({ agents: [], server: { http: { port: "env decides" } } }).server).toEqual({
+      http: { port: "env decides" },
+    });
+  });
+
+  it("names an unknown key of a hand-built agent in a config", () => {
+    const e = configError(() => defineConfig({ agents: [{ ...defineAgent(agent), tool: {} } as never] }));
+    expect(e.message).toBe(
+      'defineConfig() agents[0] agent "support": unknown key "tool": did you mean "tools"?',
+    );
   });
 });
 

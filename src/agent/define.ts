@@ -13,6 +13,8 @@ import { z } from "zod";
 import { CapstanError } from "../errors.js";
 import { isLanguageModelInstance, modelLabel, parseModelSpec } from "./models.js";
 import { costModelSettings } from "../cost/config.js";
+import { unknownSettingKeys } from "../config/config.js";
+import { keysAt, refuseUnknownKeys, unknownKeyMessage } from "../config/unknown-keys.js";
 import {
   normalizeAgentCache,
   normalizeToolCache,
@@ -87,6 +89,40 @@ export interface ConfigOptions {
   server?: Record<string, unknown>;
 }
 
+/*
+ * The option names each function accepts. An unknown one is refused with the
+ * closest of these (a typo like `tool` for `tools` must not be ignored).
+ */
+const TOOL_KEYS = [
+  "description",
+  "input",
+  "effect",
+  "requiresApproval",
+  "timeoutMs",
+  "cache",
+  "run",
+] as const;
+const AGENT_KEYS = [
+  "name",
+  "model",
+  "instructions",
+  "tools",
+  "limits",
+  "temperature",
+  "maxOutputTokens",
+  "cache",
+  "memory",
+  "context",
+] as const;
+const CONFIG_KEYS = ["agents", "models", "server"] as const;
+// Checked by the compiler: each list names exactly the fields of its options type.
+type Exactly<A, B> = [A] extends [B] ? ([B] extends [A] ? true : never) : never;
+const _keysMatch: [
+  Exactly<(typeof TOOL_KEYS)[number], keyof ToolOptions<ZodObjectSchema, unknown>>,
+  Exactly<(typeof AGENT_KEYS)[number], keyof AgentOptions>,
+  Exactly<(typeof CONFIG_KEYS)[number], keyof ConfigOptions>,
+] = [true, true, true];
+
 /** Defines a tool. Throws `config_invalid` if an option is wrong. */
 export function tool<I extends ZodObjectSchema, O>(opts: ToolOptions<I, O>): ToolDefinition<I, O> {
   return normalizeTool(opts, "tool()") as ToolDefinition<I, O>;
@@ -146,6 +182,7 @@ function positiveInt(where: string, field: string, v: unknown): number {
 export function normalizeTool(raw: unknown, where: string): ToolDefinition {
   if (!isRecord(raw))
     fail(where, "", `a tool must be an object made with tool({...}) (got ${describe(raw)})`);
+  refuseUnknownKeys(raw, TOOL_KEYS, where);
   const { description, input, effect, requiresApproval, timeoutMs, run, cache } = raw;
   if (typeof description !== "string" || description.trim() === "") {
     fail(
@@ -192,6 +229,8 @@ export function normalizeTool(raw: unknown, where: string): ToolDefinition {
 export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   if (!isRecord(raw))
     fail(where, "", `an agent must be an object made with defineAgent({...}) (got ${describe(raw)})`);
+  // Before any other check, so that a misspelled `name` is reported as such.
+  refuseUnknownKeys(raw, AGENT_KEYS, typeof raw.name === "string" ? `${where} agent "${raw.name}"` : where);
   const { name, model, instructions, tools, limits, temperature, maxOutputTokens, cache, memory, context } =
     raw;
   if (typeof name !== "string" || !AGENT_NAME.test(name)) {
@@ -241,11 +280,7 @@ export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   let outLimits: AgentLimits = { ...DEFAULT_LIMITS };
   if (limits !== undefined) {
     if (!isRecord(limits)) fail(at, "limits", `must be an object (got ${describe(limits)})`);
-    for (const key of Object.keys(limits)) {
-      if (!(key in DEFAULT_LIMITS)) {
-        fail(at, `limits.${key}`, `unknown limit; known: ${Object.keys(DEFAULT_LIMITS).join(", ")}`);
-      }
-    }
+    refuseUnknownKeys(limits, Object.keys(DEFAULT_LIMITS), at, "limits.");
     outLimits = {
       maxSteps:
         limits.maxSteps === undefined
@@ -283,6 +318,7 @@ export function normalizeAgent(raw: unknown, where: string): AgentDefinition {
   if (memory !== undefined) agent.memory = normalizeMemory(at, memory);
   if (context !== undefined) {
     if (!isRecord(context)) fail(at, "context", `must be { maxTokens } (got ${describe(context)})`);
+    refuseUnknownKeys(context, ["maxTokens"], at, "context.");
     const maxTokens = positiveInt(at, "context.maxTokens", context.maxTokens);
     // Below this the summary reserve and one turn cannot both fit.
     if (maxTokens < MIN_CONTEXT_TOKENS) {
@@ -323,6 +359,7 @@ const modelSettingsSchema = z
 function normalizeNamespace(at: string, field: string, raw: unknown): MemoryNamespace {
   if (raw === undefined || raw === "thread") return "thread";
   if (raw === "tenant") return "tenant";
+  if (isRecord(raw)) refuseUnknownKeys(raw, ["name"], at, `${field}.`);
   if (isRecord(raw) && typeof raw.name === "string" && /^[A-Za-z0-9:_.-]{1,200}$/.test(raw.name)) {
     return { name: raw.name };
   }
@@ -331,9 +368,11 @@ function normalizeNamespace(at: string, field: string, raw: unknown): MemoryName
 
 function normalizeMemory(at: string, raw: unknown): AgentMemoryConfig {
   if (!isRecord(raw)) fail(at, "memory", `must be { recall?, tools? } (got ${describe(raw)})`);
+  refuseUnknownKeys(raw, ["recall", "tools"], at, "memory.");
   const out: AgentMemoryConfig = {};
   if (raw.recall !== undefined) {
     if (!isRecord(raw.recall)) fail(at, "memory.recall", "must be { k, namespace? }");
+    refuseUnknownKeys(raw.recall, ["k", "namespace"], at, "memory.recall.");
     const k = positiveInt(at, "memory.recall.k", raw.recall.k ?? 5);
     if (k > 100) fail(at, "memory.recall.k", "must be at most 100");
     out.recall = { k, namespace: normalizeNamespace(at, "memory.recall.namespace", raw.recall.namespace) };
@@ -341,6 +380,7 @@ function normalizeMemory(at: string, raw: unknown): AgentMemoryConfig {
   if (raw.tools !== undefined) {
     if (typeof raw.tools === "boolean") out.tools = raw.tools;
     else if (isRecord(raw.tools)) {
+      refuseUnknownKeys(raw.tools, ["namespace"], at, "memory.tools.");
       out.tools = { namespace: normalizeNamespace(at, "memory.tools.namespace", raw.tools.namespace) };
     } else fail(at, "memory.tools", "must be a boolean or { namespace }");
   }
@@ -351,11 +391,7 @@ function normalizeMemory(at: string, raw: unknown): AgentMemoryConfig {
 export function normalizeConfig(raw: unknown, where: string): CapstanConfig {
   if (!isRecord(raw))
     fail(where, "", `the config must be an object like { agents: [...] } (got ${describe(raw)})`);
-  for (const key of Object.keys(raw)) {
-    if (key !== "agents" && key !== "models" && key !== "server") {
-      fail(where, key, 'unknown config key; known: "agents", "models", "server"');
-    }
-  }
+  refuseUnknownKeys(raw, CONFIG_KEYS, where);
   const { agents, models, server } = raw;
   if (!Array.isArray(agents)) {
     fail(where, "agents", `must be an array of defineAgent({...}) results (got ${describe(agents)})`);
@@ -376,6 +412,13 @@ export function normalizeConfig(raw: unknown, where: string): CapstanConfig {
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
       const path = ["models", ...(issue?.path ?? []).map(String)].join(".");
+      if (issue?.code === "unrecognized_keys") {
+        const key = issue.keys[0] ?? "";
+        const message = unknownKeyMessage(key, keysAt(modelSettingsSchema, issue.path) ?? [], `${path}.`);
+        throw new CapstanError("config_invalid", `${where}: ${message}`, {
+          fields: [{ field: `${path}.${key}`, message }],
+        });
+      }
       fail(where, path, issue?.message ?? "invalid model settings");
     }
     // Keep the caller's object (not zod's copy): `registerScript` may add to it later.
@@ -383,6 +426,11 @@ export function normalizeConfig(raw: unknown, where: string): CapstanConfig {
   }
   if (server !== undefined) {
     if (!isRecord(server)) fail(where, "server", `must be an object (got ${describe(server)})`);
+    // Values are validated with the environment and flags at start; a misspelled name never becomes valid.
+    const unknown = unknownSettingKeys(server)[0];
+    if (unknown) {
+      throw new CapstanError("config_invalid", `${where}: ${unknown.message}`, { fields: [unknown] });
+    }
     config.server = server;
   }
   return config;

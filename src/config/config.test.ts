@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { isCapstanError } from "../errors.js";
+import { isCapstanError, type CapstanError } from "../errors.js";
 import { heartbeatMs, resolveSettings } from "./config.js";
 
 describe("resolveSettings", () => {
@@ -25,6 +25,36 @@ describe("resolveSettings", () => {
       expect((e as Error).message).toMatch(/http\.port/);
       expect((e as Error).message).toMatch(/environment variable PORT/);
     }
+  });
+
+  it("refuses an unknown key of the config file with the closest valid name", () => {
+    const err = (input: Parameters<typeof resolveSettings>[0]) => {
+      try {
+        resolveSettings(input);
+      } catch (e) {
+        expect(isCapstanError(e, "config_invalid")).toBe(true);
+        return e as CapstanError;
+      }
+      throw new Error("expected config_invalid");
+    };
+    const e = err({ file: { http: { prot: 8000 }, wrker: {} } });
+    expect(e.message).toBe(
+      'invalid configuration: unknown key "server.http.prot": did you mean "server.http.port"?; ' +
+        'unknown key "server.wrker": did you mean "server.worker"?',
+    );
+    expect(e.fields).toEqual([
+      { field: "http.prot", message: 'unknown key "server.http.prot": did you mean "server.http.port"?' },
+      { field: "wrker", message: 'unknown key "server.wrker": did you mean "server.worker"?' },
+    ]);
+    // Nested sections owned elsewhere (cost) too; no close name: the known ones are listed.
+    expect(err({ file: { cost: { resyncMS: 5_000 } } }).message).toMatch(
+      /unknown key "server\.cost\.resyncMS": did you mean "server\.cost\.resyncMs"\?/,
+    );
+    expect(err({ file: { log: { format: "json" } } }).message).toBe(
+      'invalid configuration: unknown key "server.log.format"; known keys: "server.log.level"',
+    );
+    // A flag is not from the file: no `server.` prefix.
+    expect(err({ flags: { http: { prot: 1 } } as never }).message).toMatch(/unknown key "http\.prot"/);
   });
 
   it("prepared statements are on by default and can be switched off for poolers", () => {

@@ -1,6 +1,8 @@
 import { z } from "zod";
 import { CapstanError } from "../errors.js";
 import { costSettingsSchema } from "../cost/config.js";
+import type { FieldIssue } from "../errors.js";
+import { keysAt, unknownKeyMessage } from "./unknown-keys.js";
 
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
@@ -336,6 +338,35 @@ function fromEnv(env: Record<string, string | undefined>): { tree: Tree; source:
   return { tree, source };
 }
 
+function hasPath(t: Tree, path: string[]): boolean {
+  let cur: unknown = t;
+  for (const key of path) {
+    if (!isTree(cur) || !(key in cur)) return false;
+    cur = cur[key];
+  }
+  return true;
+}
+
+/** `shown` prefixes the path in the message (`server.` for the config file's section). */
+function unknownKeyField(path: readonly PropertyKey[], key: string, shown: string): FieldIssue {
+  const known = keysAt(settingsSchema, path) ?? [];
+  const prefix = path.map((p) => `${String(p)}.`).join("");
+  return { field: prefix + key, message: unknownKeyMessage(key, known, shown + prefix) };
+}
+
+/**
+ * Unknown setting names in a config file's `server` section, each with the
+ * closest valid name. Values are not checked here: the environment and flags
+ * may still override them (`resolveSettings` validates the merged result).
+ */
+export function unknownSettingKeys(server: unknown): FieldIssue[] {
+  const parsed = settingsSchema.safeParse(server);
+  if (parsed.success) return [];
+  return parsed.error.issues.flatMap((i) =>
+    i.code === "unrecognized_keys" ? i.keys.map((key) => unknownKeyField(i.path, key, "server.")) : [],
+  );
+}
+
 export interface ResolveInput {
   /** The `server` section of the config file, if any. */
   file?: unknown;
@@ -353,15 +384,25 @@ export function resolveSettings(input: ResolveInput = {}): Settings {
   const merged = deepMerge(deepMerge(file, env.tree), input.flags ?? {});
   const parsed = settingsSchema.safeParse(merged);
   if (!parsed.success) {
-    const fields = parsed.error.issues.map((i) => {
+    // `line` is how the issue reads in the message; an unknown-key message names its key itself.
+    const issues = parsed.error.issues.flatMap((i): (FieldIssue & { line: string })[] => {
+      if (i.code === "unrecognized_keys") {
+        // Only the config file can hold one: environment variables and flags map to known settings.
+        return i.keys.map((key) => {
+          const inFile = hasPath(file, [...i.path.map(String), key]);
+          const f = unknownKeyField(i.path, key, inFile ? "server." : "");
+          return { ...f, line: f.message };
+        });
+      }
       const field = i.path.join(".") || "(root)";
       const from = env.source.get(field);
-      return { field, message: from ? `${i.message} (from ${from})` : i.message };
+      const message = from ? `${i.message} (from ${from})` : i.message;
+      return [{ field, message, line: `${field}: ${message}` }];
     });
     throw new CapstanError(
       "config_invalid",
-      "invalid configuration: " + fields.map((f) => `${f.field}: ${f.message}`).join("; "),
-      { fields },
+      "invalid configuration: " + issues.map((f) => f.line).join("; "),
+      { fields: issues.map(({ field, message }) => ({ field, message })) },
     );
   }
   const s = parsed.data;

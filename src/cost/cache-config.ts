@@ -18,6 +18,7 @@
  * This module only validates; src/cost/cache.ts implements the caches.
  */
 import { CapstanError } from "../errors.js";
+import { refuseUnknownKeys } from "../config/unknown-keys.js";
 
 export const CACHE_LIMITS = Object.freeze({
   minTtlMs: 1_000,
@@ -127,11 +128,7 @@ export function normalizeToolCache(
   }
   if (!isRecord(raw))
     fail(where, "cache", `must be an object like { ttlMs: 60000, tags: [...] } (got ${describe(raw)})`);
-  for (const key of Object.keys(raw)) {
-    if (key !== "ttlMs" && key !== "tags" && key !== "version") {
-      fail(where, `cache.${key}`, 'unknown option; known: "ttlMs", "tags", "version"');
-    }
-  }
+  refuseUnknownKeys(raw, ["ttlMs", "tags", "version"], where, "cache.");
   const out: ToolCacheConfig = { ttlMs: ttl(where, "cache.ttlMs", raw.ttlMs, CACHE_LIMITS.maxToolTtlMs) };
   const tags = raw.tags;
   if (typeof tags === "function") {
@@ -175,16 +172,12 @@ export function normalizeAgentCache(
 ): AgentCacheConfig | undefined {
   if (raw === undefined || raw === false) return undefined;
   if (!isRecord(raw)) fail(where, "cache", `must be an object like { llm: true } (got ${describe(raw)})`);
-  for (const key of Object.keys(raw)) {
-    if (key !== "llm") fail(where, `cache.${key}`, 'unknown option; known: "llm"');
-  }
+  refuseUnknownKeys(raw, ["llm"], where, "cache.");
   const llm = raw.llm;
   if (llm === undefined || llm === false) return undefined;
   let ttlMs = CACHE_LIMITS.defaultLlmTtlMs;
   if (isRecord(llm)) {
-    for (const key of Object.keys(llm)) {
-      if (key !== "ttlMs") fail(where, `cache.llm.${key}`, 'unknown option; known: "ttlMs"');
-    }
+    refuseUnknownKeys(llm, ["ttlMs"], where, "cache.llm.");
     if (llm.ttlMs !== undefined) ttlMs = ttl(where, "cache.llm.ttlMs", llm.ttlMs, CACHE_LIMITS.maxLlmTtlMs);
   } else if (llm !== true) {
     fail(where, "cache.llm", `must be true, false or { ttlMs } (got ${describe(llm)})`);

@@ -237,6 +237,8 @@ export interface PgliteDbOptions {
   /** Directory for the database files, or `memory://` for a throwaway database. */
   dataDir: string;
   logger: Logger;
+  /** Load pgvector (default true). False only to test the memory store's exact fallback. */
+  pgvector?: boolean;
 }
 
 /**
@@ -250,7 +252,7 @@ export async function createPgliteDb(opts: PgliteDbOptions): Promise<Db> {
   // pgvector ships as a separate package for PGlite 0.5: load it so the
   // memory store gets HNSW search in embedded mode too.
   const { vector } = await import("@electric-sql/pglite-pgvector");
-  const lite = await PGlite.create(opts.dataDir, { extensions: { vector } });
+  const lite = await PGlite.create(opts.dataDir, opts.pgvector === false ? {} : { extensions: { vector } });
   const pool = new pg.Pool({ ...createPgConfig(lite), max: 1, types });
   pool.on("error", (err) => opts.logger.warn({ err }, "pglite pool error"));
   return {

@@ -5,15 +5,24 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createCostBackend, type CostBackend } from "../../src/cost/backend.js";
-import { createBudgetGuard, type BudgetGuard, type Reservation } from "../../src/cost/budget.js";
-import { createMemoryBudgetStore } from "../../src/cost/budget-store.js";
+import {
+  createBudgetGuard,
+  type BudgetGuard,
+  type BudgetGuardOptions,
+  type Reservation,
+} from "../../src/cost/budget.js";
+import {
+  createMemoryBudgetStore,
+  type BudgetStore,
+  type StoreReserveResult,
+} from "../../src/cost/budget-store.js";
 import type { TokenEstimate } from "../../src/cost/estimate.js";
 import { CapstanError, isCapstanError } from "../../src/errors.js";
 import { silentLogger } from "../../src/logger.js";
 import { ensureTenant } from "../../src/state/tenants.js";
 import { readBudgetStatus, recordUsageTx, setTenantBudget } from "../../src/state/usage.js";
 import { createTestDb, until, type TestDb } from "../support/pg.js";
-import { deleteKeys, randomPrefix, REDIS_URL } from "../support/redis.js";
+import { adminRedis, deleteKeys, randomPrefix, REDIS_URL } from "../support/redis.js";
 
 let t: TestDb;
 const prefix = randomPrefix();
@@ -39,7 +48,9 @@ function redisBackend(url = REDIS_URL): CostBackend {
 
 function guard(
   b: CostBackend | { budget: CostBackend["budget"] },
-  extra: { reservationTtlMs?: number; resyncMs?: number; inFlightWaitMs?: number } = {},
+  extra: Partial<
+    Pick<BudgetGuardOptions, "reservationTtlMs" | "resyncMs" | "inFlightWaitMs" | "db" | "hooks">
+  > = {},
 ): BudgetGuard {
   const g = createBudgetGuard({
     db: t.db,
@@ -73,6 +84,47 @@ async function spend(tenantId: string, r: Reservation, tokens: number): Promise<
 }
 
 const est = (likely: number, max: number): TokenEstimate => ({ likely, max, maxOutputTokens: 100 });
+
+/**
+ * The real store, with a record of what each reservation attempt got: the
+ * guard's re-checks become observable (how often a waiter asked, and what it
+ * was told) without timing them.
+ */
+function recorded(store: BudgetStore): {
+  store: BudgetStore;
+  /**
+   * Outcomes of the checks for reservations of run `runId` (ids are `run:step:random`);
+   * a request to seed the counters is part of a check, not an outcome, and is left out.
+   */
+  results(runId: string): StoreReserveResult["kind"][];
+} {
+  const log: { id: string; kind: StoreReserveResult["kind"] }[] = [];
+  return {
+    store: {
+      ...store,
+      reserve: async (...args) => {
+        const r = await store.reserve(...args);
+        if (r.kind !== "seed") log.push({ id: args[1], kind: r.kind });
+        return r;
+      },
+    },
+    results: (runId) => log.filter((l) => l.id.startsWith(`${runId}:`)).map((l) => l.kind),
+  };
+}
+
+/** The expiry (Redis clock, ms) of a live reservation in the day period's zset, or null once it is gone. */
+async function reservationExpiry(tenantId: string, id: string): Promise<number | null> {
+  const r = adminRedis();
+  try {
+    const [key, ...more] = await r.keys(`${prefix}bud:{${tenantId}}:d:*:z`);
+    if (key === undefined || more.length > 0)
+      throw new Error(`expected one day zset, got ${String(key)} ${more.join(" ")}`);
+    const score = await r.zscore(key, id);
+    return score === null ? null : Number(score);
+  } finally {
+    r.disconnect();
+  }
+}
 
 const refusedWithBudgetCode = (e: unknown): boolean =>
   isCapstanError(e, "budget_exceeded") && e.details?.period !== undefined;
@@ -172,25 +224,29 @@ describe("budget guard on Redis, two workers", () => {
   it("a call that fits once the calls in flight settle waits for them instead of failing", async () => {
     const tenantId = await tenantWithBudget(1_000);
     const w1 = guard(redisBackend());
-    const w2 = guard(redisBackend(), { inFlightWaitMs: 30_000 });
+    const rec = recorded(redisBackend().budget);
+    // A wait longer than the test may run: b is admitted only because a settles.
+    const w2 = guard({ budget: rec.store }, { inFlightWaitMs: 600_000 });
     const a = await w1.reserve({ tenantId, runId: "a", stepNo: 0, estimate: est(300, 900) });
     // 100 left beside a's 900 in flight, but a will likely spend less: b waits, not refused.
     let settledB = false;
     const b = w2.reserve({ tenantId, runId: "b", stepNo: 0, estimate: est(300, 900) }).finally(() => {
       settledB = true;
     });
-    await new Promise((r) => setTimeout(r, 600)); // several of the waiter's re-checks
+    // b asks again and again, is refused each time while a is in flight, and keeps waiting.
+    await until(() => rec.results("b").length >= 3, { what: "three of the waiter's re-checks" });
+    expect(rec.results("b").every((k) => k === "refused")).toBe(true);
     expect(settledB).toBe(false);
     await spend(tenantId, a, 250);
     const rb = await b;
     expect(rb.mode).toBe("serialised"); // 750 left: the likely estimate fits, the bound does not
+    expect(rec.results("b").at(-1)).toBe("admitted");
     await spend(tenantId, rb, 700);
-    // 950 used: nothing in flight can free room, so a call is refused at once.
-    const started = Date.now();
+    // 950 used: nothing in flight can free room, so a call is refused on its first check.
     await expect(w2.reserve({ tenantId, runId: "c", stepNo: 0, estimate: est(300, 900) })).rejects.toSatisfy(
       refusedWithBudgetCode,
     );
-    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(rec.results("c")).toEqual(["refused"]);
   });
 
   it("the wait for calls in flight is bounded and honours the AbortSignal", async () => {
@@ -219,10 +275,10 @@ describe("budget guard on Redis, two workers", () => {
     const tenantId = await tenantWithBudget(1_000);
     const crashed = guard(redisBackend(), { reservationTtlMs: 600 });
     const live = guard(redisBackend(), { reservationTtlMs: 600 });
-    await crashed.reserve({ tenantId, runId: "x", stepNo: 0, estimate: 900 });
+    const x = await crashed.reserve({ tenantId, runId: "x", stepNo: 0, estimate: 900 });
     // kill -9: no settle, no more extensions.
     await crashed.close();
-    const started = Date.now();
+    // Not released by the crash: it still holds its 900 until it lapses.
     await expect(live.reserve({ tenantId, runId: "y", stepNo: 0, estimate: 500 })).rejects.toSatisfy(
       refusedWithBudgetCode,
     );
@@ -234,11 +290,21 @@ describe("budget guard on Redis, two workers", () => {
         }),
       { timeoutMs: 10_000, what: "the crashed reservation to lapse" },
     );
-    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
     expect(r.mode).toBe("shared");
-    // r is held by a live guard: it outlives several TTLs while "its call runs".
-    const probeStarted = Date.now();
-    await until(() => Date.now() - probeStarted > 1_800, { timeoutMs: 5_000, intervalMs: 100 });
+    expect(await reservationExpiry(tenantId, x.id)).toBeNull(); // it lapsed, it was not settled
+    // r is held by a live guard: it outlives several TTLs while "its call runs". Redis's clock is
+    // the witness: each extension sets the expiry to its now + TTL, so an expiry three TTLs past
+    // the first one means three TTLs went by with r still live.
+    const firstExpiry = await reservationExpiry(tenantId, r.id);
+    expect(firstExpiry).not.toBeNull();
+    await until(
+      async () => {
+        const e = await reservationExpiry(tenantId, r.id);
+        if (e === null) throw new Error("the live reservation lapsed");
+        return e >= firstExpiry! + 3 * 600;
+      },
+      { timeoutMs: 10_000, intervalMs: 100, what: "three TTLs of extensions" },
+    );
     await expect(live.reserve({ tenantId, runId: "z", stepNo: 0, estimate: 600 })).rejects.toSatisfy(
       refusedWithBudgetCode,
     );
@@ -307,25 +373,28 @@ describe("budget guard on Redis, two workers", () => {
 describe("budget guard with Redis down: Postgres only, one call per tenant per worker", () => {
   it("admits against Postgres and serialises a tenant's budgeted calls in the worker", async () => {
     const tenantId = await tenantWithBudget(1_000);
-    const g = guard(redisBackend("redis://127.0.0.1:1"));
+    // What the guard does, in order: its Postgres queries, its fallbacks, and when a settles.
+    const order: string[] = [];
+    const g = guard(redisBackend("redis://127.0.0.1:1"), {
+      db: { query: (text, params) => (order.push("query"), t.db.query(text, params)) },
+      hooks: { onDegraded: () => void order.push("fallback") },
+    });
     const a = await g.reserve({ tenantId, runId: "a", stepNo: 0, estimate: est(600, 900) });
     expect(a.mode).toBe("fallback");
-    let bDone = false;
-    const b = g
-      .reserve({ tenantId, runId: "b", stepNo: 0, estimate: est(600, 900) })
-      .then(
-        (r) => r,
-        (e: unknown) => e,
-      )
-      .finally(() => {
-        bDone = true;
-      });
-    // b cannot start while a holds the tenant's slot.
-    await new Promise((res) => setImmediate(res));
-    expect(bDone).toBe(false);
+    order.length = 0;
+    const b = g.reserve({ tenantId, runId: "b", stepNo: 0, estimate: est(600, 900) }).then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    // b has fallen back to Postgres; in the same step it queues for the tenant's slot, which a holds.
+    await until(() => order.includes("fallback"), { what: "b to fall back" });
+    order.push("a settles");
     await spend(tenantId, a, 600);
     // Postgres now says 600 used; 600 more does not fit.
     expect(refusedWithBudgetCode(await b)).toBe(true);
+    // b checked Postgres only once a had settled: it waited for the slot (else its check would
+    // have come right after its fallback, and counted a's 600 as in flight instead).
+    expect(order.slice(order.indexOf("fallback"))).toEqual(["fallback", "a settles", "query"]);
     const c = await g.reserve({ tenantId, runId: "c", stepNo: 0, estimate: est(300, 900) });
     expect(c.mode).toBe("fallback");
     await c.release();

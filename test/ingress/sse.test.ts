@@ -333,16 +333,16 @@ describe("SSE /v1/runs/:id/events", () => {
   });
 
   it("graceful close ends open streams with a retry: hint, promptly", async () => {
-    const closing = await h.start();
+    // A grace longer than the test may run: close() returns only if the server itself ends the
+    // stream, never because the grace ran out and connections were cut.
+    const closing = await h.start({ closeGraceMs: 600_000 });
     const { runId } = await threadAndRun(api.url, h.a.key);
     const reading = readSse(eventsUrl(closing.url, runId), { key: h.a.key });
     await until(async () => (await metric(closing.url, "capstan_sse_clients")) === 1, {
       what: "the stream to open",
     });
-    const t0 = Date.now();
     await closing.close();
     const res = await reading;
-    expect(Date.now() - t0).toBeLessThan(1_500);
     expect(res.raw).toMatch(/: server shutting down\nretry: \d+\n\n$/);
   });
 });

@@ -213,9 +213,8 @@ describe("createMetrics", () => {
     const m = createMetrics({ defaultMetrics: false });
     const hanging: Queryable = { query: () => new Promise(() => {}) };
     m.trackQueue(hanging, { ttlMs: 0, timeoutMs: 100 });
-    const started = Date.now();
+    // The query never settles: only the timeout can end the scrape, and it reports the stats down.
     const s = parseProm((await m.render()).body);
-    expect(Date.now() - started).toBeLessThan(2_000);
     expect(value(s, "capstan_queue_stats_up")).toBe(0);
   });
 });

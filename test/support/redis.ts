@@ -30,3 +30,35 @@ export async function deleteKeys(prefix: string): Promise<number> {
     r.disconnect();
   }
 }
+
+/** A unique client name prefix for `connectionName`, so a test sees only its own connections. */
+export function randomConnectionName(): string {
+  return `capstan_t_${randomBytes(4).toString("hex")}`;
+}
+
+/** `CLIENT LIST`, one record of fields per connection. */
+export async function clientList(admin: Redis): Promise<Record<string, string>[]> {
+  const list = String(await admin.call("CLIENT", ["LIST"]));
+  return list
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .map((line) =>
+      Object.fromEntries(
+        line
+          .trim()
+          .split(" ")
+          .map((kv) => kv.split("=", 2) as [string, string]),
+      ),
+    );
+}
+
+/**
+ * Is the connection named `name` blocked in an `XREAD` right now? (`cmd=xread`
+ * and `b` among its flags.) Poll it to know that a blocked read has really
+ * reached Redis, instead of sleeping and hoping it has.
+ */
+export async function xreadBlocked(admin: Redis, name: string): Promise<boolean> {
+  return (await clientList(admin)).some(
+    (c) => c.name === name && c.cmd === "xread" && (c.flags ?? "").includes("b"),
+  );
+}

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { CapstanError } from "../../errors.js";
-import { assertKeyNotStored, withIdempotencyKey, type StoredResponse } from "../../state/idempotency.js";
+import { withIdempotencyKey, type StoredResponse } from "../../state/idempotency.js";
 import { readJournal } from "../../state/journal.js";
 import { cancelRun, enqueueRun, getRun, resumeRun } from "../../state/scheduler.js";
 import { isTerminal, type Run, type RunEvent } from "../../state/types.js";
@@ -59,7 +59,6 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
         ],
       });
     }
-    if (key) await assertKeyNotStored(ctx.db, tenantId, key);
     const result = await enqueueRun(ctx.db, {
       tenantId,
       threadId,

@@ -5,7 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveSettings } from "../../src/config/config.js";
+import { createAuthenticator } from "../../src/ingress/auth.js";
 import type { RunningIngress } from "../../src/ingress/server.js";
+import type { Queryable } from "../../src/state/db.js";
 import { createApiKey, revokeApiKey, updateTenantLimits } from "../../src/state/tenants.js";
 import { call, createHarness, obj, type Harness } from "./harness.js";
 
@@ -211,5 +213,35 @@ describe("a revoked key's retries never lock out other keys from its address", (
       guesses.push(r.status);
     }
     expect(guesses).toEqual([401, 401, 401, 429]);
+  });
+
+  it("a key found revoked is answered from memory: its retries neither reach PostgreSQL nor spend the budget", async () => {
+    const ten = await h.tenant();
+    const doomed = await createApiKey(h.t.db, ten.id, "doomed");
+    await revokeApiKey(h.t.db, doomed.info.id);
+    let lookups = 0;
+    // The real database, with key lookups counted.
+    const counted: Queryable = {
+      query: (text, params, opts) => {
+        if (text.includes("FROM api_keys")) lookups++;
+        return h.t.db.query(text, params, opts);
+      },
+    };
+    const rule = { points: 2, durationMs: 60_000 };
+    const auth = createAuthenticator(counted, { failures: { limiter: h.coord.rateLimiter, rule } });
+    const client = `10.9.1.${Math.floor(Math.random() * 250)}`;
+    const tries = await Promise.allSettled(
+      Array.from({ length: 20 }, () => auth.authenticate(`Bearer ${doomed.key}`, client)),
+    );
+    for (const t of tries)
+      expect(t.status === "rejected" && (t.reason as { code?: string }).code).toBe("unauthorized");
+    // Concurrent first tries may each ask once; later ones are answered from memory.
+    const afterBurst = lookups;
+    expect(afterBurst).toBeGreaterThan(0);
+    for (let i = 0; i < 10; i++)
+      await expect(auth.authenticate(`Bearer ${doomed.key}`, client)).rejects.toThrow();
+    expect(lookups).toBe(afterBurst);
+    const bucket = await h.coord.rateLimiter.consume(`authfail:${client}`, rule, 0);
+    expect(bucket.remaining).toBe(2);
   });
 });

@@ -23,6 +23,8 @@ export type ErrorCode =
   | "redis_unavailable"
   | "unknown_agent"
   | "payload_too_large"
+  | "headers_too_large"
+  | "request_timeout"
   | "unsupported_media_type"
   | "server_busy"
   | "not_implemented"

@@ -5,6 +5,8 @@
  * and rate limits for /v1, routes.
  */
 import { randomUUID } from "node:crypto";
+import { STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
 import Fastify, {
   LogController,
   type FastifyBaseLogger,
@@ -25,7 +27,8 @@ import type { Db } from "../state/db.js";
 import { createAuthenticator, type AuthOptions } from "./auth.js";
 import type { IngressContext } from "./context.js";
 import { createIngressMetrics } from "./metrics.js";
-import { problemFor } from "./problem.js";
+import { jsonDepthProblem } from "./json-depth.js";
+import { clientErrorOf, problemFor } from "./problem.js";
 import { createRateLimitCheck, DEFAULT_RATE_LIMIT, type RedisFailurePolicy } from "./ratelimit.js";
 import { cacheRoutes } from "./routes/cache.js";
 import { eventRoutes } from "./routes/events.js";
@@ -36,6 +39,7 @@ import { threadRoutes } from "./routes/threads.js";
 import { traceRequests } from "./tracing.js";
 import { usageRoutes } from "./routes/usage.js";
 import { createRunWatchHub } from "./run-watch.js";
+import { LIMITS } from "./schemas.js";
 import { DEFAULT_SSE, type SseOptions } from "./sse.js";
 
 export interface IngressDeps {
@@ -78,6 +82,7 @@ export interface IngressDeps {
   onRoute?: (route: { method: string | string[]; url: string }) => void;
 }
 
+const MAX_PARAM_CHARS = 3 * 1024;
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
 function sendProblem(err: unknown, req: FastifyRequest, reply: FastifyReply): FastifyReply {
@@ -85,6 +90,27 @@ function sendProblem(err: unknown, req: FastifyRequest, reply: FastifyReply): Fa
   if (p.serverFault) req.log.error({ err }, "request failed");
   else req.log.debug({ code: p.body.code }, "request refused");
   return reply.code(p.status).headers(p.headers).type("application/problem+json").send(p.body);
+}
+
+function answerClientError(err: Error & { code?: string }, socket: Socket, log: Logger): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  log.debug({ code: err.code }, "malformed HTTP request refused");
+  if (!socket.writable) {
+    socket.destroy(err);
+    return;
+  }
+  const p = problemFor(clientErrorOf(err), randomUUID());
+  const body = JSON.stringify(p.body);
+  const headers = Object.entries(p.headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join("");
+  // end(), not destroy(): the answer is flushed before the connection closes.
+  socket.end(
+    `HTTP/1.1 ${p.status} ${STATUS_CODES[p.status] ?? ""}\r\n` +
+      `content-type: application/problem+json; charset=utf-8\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${p.body.request_id}\r\n` +
+      `connection: close\r\n${headers}\r\n${body}`,
+  );
 }
 
 export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> {
@@ -158,7 +184,15 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
     // HEAD on an event stream would hold a watcher for nothing: no implicit HEAD routes.
     exposeHeadRoutes: false,
     // Memory namespaces and keys (≤ 256 characters) travel percent-encoded in paths.
-    routerOptions: { maxParamLength: 3 * 1024 },
+    routerOptions: { maxParamLength: MAX_PARAM_CHARS },
+    // Errors the router answers before any hook (a bad percent-escape, an overlong path
+    // segment) go through the one problem handler too.
+    frameworkErrors: (err, req, reply) => {
+      reply.header("x-request-id", req.id);
+      void sendProblem(err, req, reply);
+    },
+    // Bytes Node's HTTP parser refuses never become a request: answered on the socket, same shape.
+    clientErrorHandler: (err, socket) => answerClientError(err, socket, logger),
   });
 
   const onRoute = deps.onRoute;
@@ -172,10 +206,20 @@ export async function buildIngress(deps: IngressDeps): Promise<FastifyInstance> 
   // Content-Type: application/json).
   app.removeAllContentTypeParsers();
   const defaultJson = app.getDefaultJsonParser("error", "error");
+  // Nesting is bounded on the raw text, before anything recursive sees the value.
   app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
     const text = typeof body === "string" ? body : body.toString("utf8");
     if (text.trim() === "") {
       done(null, undefined);
+      return;
+    }
+    const deep = jsonDepthProblem(text, LIMITS.jsonDepth);
+    if (deep) {
+      done(
+        new CapstanError("validation_failed", `invalid request: ${deep.field}: nested too deeply`, {
+          fields: [{ field: deep.field, message: `JSON nested deeper than ${LIMITS.jsonDepth} levels` }],
+        }),
+      );
       return;
     }
     void defaultJson(req, text, done);

@@ -15,10 +15,43 @@ export interface IngressMetrics {
   publishFailures: Counter;
   /** SSE clients the server dropped, by reason (slow_client, error). */
   sseDropped: Counter<"reason">;
+  /**
+   * Count one SSE stream's unsent bytes (read when scraped) in
+   * `ingress_sse_buffered_bytes`; the returned function stops counting it.
+   */
+  trackSseBuffer(unsent: () => number): () => void;
 }
 
 /** Watcher counts of every ingress registered on a registry (normally one per process). */
 const watcherSources = new WeakMap<Registry, Set<() => number>>();
+/** Unsent bytes of every SSE stream open on a registry's process. */
+const sseBufferSources = new WeakMap<Registry, Set<() => number>>();
+
+/** One gauge per registry summing live sources at scrape time (two apps on one registry share it). */
+function summedGauge(
+  store: WeakMap<Registry, Set<() => number>>,
+  reg: Registry,
+  name: string,
+  help: string,
+): Set<() => number> {
+  let set = store.get(reg);
+  if (!set) {
+    const sources = new Set<() => number>();
+    set = sources;
+    store.set(reg, sources);
+    new Gauge({
+      name,
+      help,
+      registers: [reg],
+      collect() {
+        let total = 0;
+        for (const f of sources) total += f();
+        this.set(total);
+      },
+    });
+  }
+  return set;
+}
 
 function counter<L extends string>(reg: Registry, name: string, help: string, labelNames: L[]): Counter<L> {
   // Two ingress apps on one registry (tests, embedding) share the series rather than collide.
@@ -35,24 +68,19 @@ export function createIngressMetrics(
   const reg = m.registry;
   const n = (s: string): string => m.prefix + s;
 
-  let sources = watcherSources.get(reg);
-  if (!sources) {
-    const set = new Set<() => number>();
-    sources = set;
-    watcherSources.set(reg, set);
-    new Gauge({
-      name: n("ingress_run_watchers"),
-      help: "SSE streams and /wait calls watching runs on this process (bounded by maxWatchers)",
-      registers: [reg],
-      collect() {
-        let total = 0;
-        for (const f of set) total += f();
-        this.set(total);
-      },
-    });
-  }
-  sources.add(watchers);
-  const set = sources;
+  const set = summedGauge(
+    watcherSources,
+    reg,
+    n("ingress_run_watchers"),
+    "SSE streams and /wait calls watching runs on this process (bounded by maxWatchers)",
+  );
+  set.add(watchers);
+  const buffers = summedGauge(
+    sseBufferSources,
+    reg,
+    n("ingress_sse_buffered_bytes"),
+    "Bytes written to SSE streams on this process and not yet sent (bounded per stream by maxBufferedBytes)",
+  );
 
   return {
     metrics: {
@@ -75,6 +103,10 @@ export function createIngressMetrics(
         "SSE clients dropped by the server, by reason",
         ["reason"],
       ),
+      trackSseBuffer(unsent) {
+        buffers.add(unsent);
+        return () => buffers.delete(unsent);
+      },
     },
     release: () => set.delete(watchers),
   };

@@ -31,6 +31,9 @@ export const CODES: Record<ErrorCode, CodeInfo> = {
   journal_conflict: { status: 409, title: "Journal conflict" },
   lease_lost: { status: 409, title: "Lease lost" },
   payload_too_large: { status: 413, title: "Payload too large" },
+  // Answered on the raw socket, before Fastify sees a request (see clientErrorOf).
+  request_timeout: { status: 408, title: "Request timeout" },
+  headers_too_large: { status: 431, title: "Request headers too large" },
   unsupported_media_type: { status: 415, title: "Unsupported media type" },
   idempotency_key_reused: { status: 422, title: "Idempotency key reused" },
   unknown_agent: { status: 422, title: "Unknown agent" },
@@ -46,16 +49,18 @@ export const CODES: Record<ErrorCode, CodeInfo> = {
   server_busy: { status: 503, title: "Server busy", retryAfter: 1 },
 };
 
-/** Details that are part of the public answer for these codes (snake_cased); others stay in logs. */
-const PUBLIC_DETAILS: Partial<Record<ErrorCode, readonly string[]>> = {
-  thread_busy: ["activeRunId"],
-  run_not_cancellable: ["status"],
-  run_not_waiting: ["status"],
-  too_many_runs: ["limit"],
-  budget_exceeded: ["period", "budget", "used", "resetsAt"],
+/**
+ * Details that are part of the public answer for these codes, by detail key
+ * and public member name; others stay in logs. A run's status is `run_status`:
+ * `status` is the problem's own member (the HTTP status, RFC 9457).
+ */
+const PUBLIC_DETAILS: Partial<Record<ErrorCode, Readonly<Record<string, string>>>> = {
+  thread_busy: { activeRunId: "active_run_id" },
+  run_not_cancellable: { status: "run_status" },
+  run_not_waiting: { status: "run_status" },
+  too_many_runs: { limit: "limit" },
+  budget_exceeded: { period: "period", budget: "budget", used: "used", resetsAt: "resets_at" },
 };
-
-const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
 
 export interface ProblemAnswer {
   status: number;
@@ -86,6 +91,16 @@ function fromFastify(err: FastifyLikeError): CapstanError | undefined {
       return new CapstanError("validation_failed", "the request body is not valid JSON", {
         fields: [{ field: "body", message: "malformed JSON" }],
       });
+    case "FST_ERR_BAD_URL":
+      return new CapstanError("validation_failed", "the URL path has a malformed percent-escape", {
+        fields: [
+          { field: "path", message: "malformed percent-escape (e.g. %zz, or bytes that are not UTF-8)" },
+        ],
+      });
+    case "FST_ERR_MAX_PARAM_LENGTH":
+      return new CapstanError("validation_failed", "a URL path segment is longer than the server accepts", {
+        fields: [{ field: "path", message: "path segment too long" }],
+      });
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
       return new CapstanError("validation_failed", "the request body does not match its Content-Length", {
         fields: [{ field: "body", message: "length mismatch" }],
@@ -108,6 +123,29 @@ function fromFastify(err: FastifyLikeError): CapstanError | undefined {
   if (status === 503)
     return new CapstanError("server_busy", "the server is shutting down or overloaded; retry");
   return undefined;
+}
+
+/**
+ * Node's HTTP parser refused the bytes before any request existed (a header
+ * value with control characters, headers over the size limit, a request not
+ * received in time): what the raw-socket answer says.
+ */
+export function clientErrorOf(err: { code?: unknown }): CapstanError {
+  if (err.code === "ERR_HTTP_REQUEST_TIMEOUT")
+    return new CapstanError("request_timeout", "the request was not received in time");
+  if (err.code === "HPE_HEADER_OVERFLOW") {
+    return new CapstanError("headers_too_large", "the request headers are larger than the server accepts", {
+      fields: [{ field: "headers", message: "too large" }],
+    });
+  }
+  return new CapstanError("validation_failed", "malformed HTTP request", {
+    fields: [
+      {
+        field: "request",
+        message: `not valid HTTP/1.1 (${typeof err.code === "string" ? err.code : "parse error"})`,
+      },
+    ],
+  });
 }
 
 export function toCapstanError(err: unknown): CapstanError {
@@ -146,7 +184,8 @@ export function problemFor(err: unknown, requestId: string): ProblemAnswer {
     body.fields = e.fields.map((f: FieldIssue) => ({ field: f.field, message: f.message }));
   const publicKeys = PUBLIC_DETAILS[e.code];
   if (publicKeys && e.details) {
-    for (const k of publicKeys) if (e.details[k] !== undefined) body[snake(k)] = e.details[k];
+    for (const [k, name] of Object.entries(publicKeys))
+      if (e.details[k] !== undefined) body[name] = e.details[k];
   }
   const headers: Record<string, string> = {};
   const retryAfter =

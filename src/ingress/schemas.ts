@@ -38,6 +38,15 @@ export const LIMITS = {
   memorySearchDefault: 10,
   /** Longest memory TTL: 10 years, in seconds. */
   memoryTtlMaxSeconds: 10 * 365 * 86_400,
+  /**
+   * Deepest nesting of objects and arrays in a JSON body (the body itself is
+   * level 1). Checked on the raw text before parsing (./json-depth.ts), so no
+   * recursive validator ever sees a deeper value.
+   */
+  jsonDepth: 32,
+  /** Earliest and latest UTC day a query accepts (PostgreSQL has no year 0). */
+  firstDay: "1970-01-01",
+  lastDay: "9999-12-31",
 } as const;
 
 const jsonBytes = (v: unknown): number => Buffer.byteLength(JSON.stringify(v) ?? "", "utf8");
@@ -48,13 +57,43 @@ const jsonBytes = (v: unknown): number => Buffer.byteLength(JSON.stringify(v) ??
 export const idSchema = z.guid();
 export const idParams = z.object({ id: idSchema });
 
+// ---------- safe text ----------
+
+/** In `u` mode a valid surrogate pair is one code point, so only unpaired surrogates are Cs. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * Every client string that can reach a store, keys included. PostgreSQL text
+ * cannot hold NUL, jsonb refuses `\u0000`, and an unpaired UTF-16 surrogate
+ * (`\udfff`) has no UTF-8 encoding: the driver would store U+FFFD instead,
+ * silently changing the data. Such strings are refused, naming the field,
+ * never rewritten. Chain limits on it (`safeString.min(1).max(n)`).
+ */
+export const safeString = z
+  .string()
+  .refine((s) => !s.includes("\u0000"), { message: "must not contain NUL (\\u0000) characters" })
+  .refine((s) => !LONE_SURROGATE.test(s), {
+    message: "must not contain unpaired UTF-16 surrogates (e.g. \\udfff): not valid Unicode text",
+  });
+
 // ---------- shared pieces ----------
 
-/** Any JSON value (one shared instance: it is a named, recursive schema in the OpenAPI document). */
-export const jsonValue = z.json();
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/**
+ * Any JSON value whose strings and keys are safe (one shared instance: it is
+ * a named, recursive schema in the OpenAPI document). Numbers are finite:
+ * `1e400` parses to Infinity, which JSON cannot carry back out.
+ */
+export const jsonValue: z.ZodType<JsonValue> = z.lazy(() =>
+  z.union(
+    [safeString, z.number(), z.boolean(), z.null(), z.array(jsonValue), z.record(safeString, jsonValue)],
+    { error: "expected a JSON value (numbers must be finite)" },
+  ),
+);
 
 export const metadataSchema = z
-  .record(z.string().min(1).max(LIMITS.metadataKeyChars), jsonValue)
+  .record(safeString.min(1).max(LIMITS.metadataKeyChars), jsonValue)
   .superRefine((m, ctx) => {
     const keys = Object.keys(m).length;
     if (keys > LIMITS.metadataKeys) {
@@ -72,11 +111,11 @@ export const metadataSchema = z
     description: `Free-form JSON object: ≤ ${LIMITS.metadataKeys} keys, ≤ ${LIMITS.metadataBytes} bytes.`,
   });
 
-const textPart = z.strictObject({ type: z.literal("text"), text: z.string().max(LIMITS.messageChars) });
+const textPart = z.strictObject({ type: z.literal("text"), text: safeString.max(LIMITS.messageChars) });
 
 export const messageContentSchema = z.union(
   [
-    z.string().min(1).max(LIMITS.messageChars),
+    safeString.min(1).max(LIMITS.messageChars),
     z
       .array(textPart)
       .min(1)
@@ -97,7 +136,7 @@ export const messageContentSchema = z.union(
 export const runInputSchema = z
   .union(
     [
-      z.string().min(1).max(LIMITS.messageChars),
+      safeString.min(1).max(LIMITS.messageChars),
       z.strictObject({ role: z.literal("user"), content: messageContentSchema }),
     ],
     {
@@ -113,7 +152,7 @@ export const multitaskSchema = z.enum(["enqueue", "reject", "interrupt"]);
 export const createThreadBody = z.strictObject({ metadata: metadataSchema.optional() });
 
 export const createRunBody = z.strictObject({
-  agent: z.string().min(1).max(LIMITS.agentNameChars).meta({ description: "Name of a loaded agent." }),
+  agent: safeString.min(1).max(LIMITS.agentNameChars).meta({ description: "Name of a loaded agent." }),
   input: runInputSchema,
   multitask: multitaskSchema.optional().meta({
     description:
@@ -162,15 +201,19 @@ export const waitQuery = z.object({
 });
 
 export const eventsQuery = z.object({
-  after: z
-    .string()
+  after: safeString
     .optional()
     .meta({ description: 'Resume after this event id ("N" or "N.k"); Last-Event-ID wins.' }),
 });
 
 // ---------- usage and cache (src/ingress/routes/usage.ts, cache.ts) ----------
 
-const day = z.string().refine(isValidDay, { message: "expected a date YYYY-MM-DD" });
+const day = z
+  .string()
+  .refine(isValidDay, { message: "expected a date YYYY-MM-DD" })
+  .refine((d) => !isValidDay(d) || (d >= LIMITS.firstDay && d <= LIMITS.lastDay), {
+    message: `expected a day from ${LIMITS.firstDay} to ${LIMITS.lastDay}`,
+  });
 
 export const usageQuery = z.strictObject({
   from: day
@@ -179,7 +222,7 @@ export const usageQuery = z.strictObject({
   to: day.optional().meta({ description: "Last UTC day (inclusive), YYYY-MM-DD. Default: today." }),
 });
 
-const cacheTag = z.string().superRefine((t, c) => {
+const cacheTag = safeString.superRefine((t, c) => {
   const problem = tagProblem(t);
   if (problem) c.addIssue({ code: "custom", message: problem });
 });
@@ -203,8 +246,7 @@ export const invalidateBody = z.strictObject({
 const NO_CONTROL = /^[^\u0000-\u001f\u007f-\u009f]*$/;
 
 const memoryName = (what: string, max: number) =>
-  z
-    .string()
+  safeString
     .min(1)
     .max(max)
     .regex(NO_CONTROL, "must not contain control characters")
@@ -217,29 +259,24 @@ export const memoryNamespaceSchema = memoryName(
 export const memoryKeySchema = memoryName("Memory key, unique in its namespace", LIMITS.memoryKeyChars);
 
 const utf8Text = (what: string) =>
-  z
-    .string()
+  safeString
     .min(1)
     .refine((t) => Buffer.byteLength(t, "utf8") <= LIMITS.memoryTextBytes, {
       message: `at most ${LIMITS.memoryTextBytes} bytes (UTF-8)`,
     })
-    .refine((t) => !t.includes("\u0000"), { message: "must not contain NUL characters" })
     .meta({ description: `${what}: 1..${LIMITS.memoryTextBytes} bytes of UTF-8.` });
 
 /** A JSON object of at most `memoryMetadataBytes` bytes (the store's limit). */
 const memoryJsonObject = (description: string) =>
   z
-    .record(z.string(), jsonValue)
+    .record(safeString, jsonValue)
     .superRefine((m, ctx) => {
-      const json = JSON.stringify(m);
-      const bytes = Buffer.byteLength(json, "utf8");
+      const bytes = jsonBytes(m);
       if (bytes > LIMITS.memoryMetadataBytes) {
         ctx.addIssue({
           code: "custom",
           message: `at most ${LIMITS.memoryMetadataBytes} bytes of JSON (got ${bytes})`,
         });
-      } else if (json.includes("\\u0000")) {
-        ctx.addIssue({ code: "custom", message: "must not contain NUL characters" });
       }
     })
     .meta({ description });
@@ -300,7 +337,7 @@ export const listMemoriesQuery = z.object({
   limit: queryInt(1, LIMITS.pageMax)
     .optional()
     .meta({ description: `Page size, 1..${LIMITS.pageMax} (default ${LIMITS.pageDefault}).` }),
-  cursor: z.string().min(1).max(256).optional().meta({ description: "`next_cursor` of the previous page." }),
+  cursor: safeString.min(1).max(256).optional().meta({ description: "`next_cursor` of the previous page." }),
 });
 
 // ---------- responses (snake_case wire shapes) ----------

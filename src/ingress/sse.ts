@@ -17,12 +17,15 @@
  *   without showing up live — at once when Redis is down or the stream is gone;
  * - the stream ends after `run.succeeded`, `run.failed` or `run.cancelled`.
  *   `run.waiting` is not an end: the run resumes on the same stream;
- * - bounded memory: one read batch at a time, and the socket's own buffer;
- *   a client that does not drain within `stallTimeoutMs` is dropped;
+ * - bounded memory, by bytes: unsent data per client stays within
+ *   `maxBufferedBytes` plus one slice (large frames go out in slices, each
+ *   when the socket has room), nothing is read while a client is blocked, and
+ *   read batches shrink to fit that budget after the largest event seen; a
+ *   client that does not drain within `stallTimeoutMs` is dropped;
  * - a disconnect aborts the reads (signal) and never touches the run.
  */
 import type { FastifyReply } from "fastify";
-import type { ServerResponse } from "node:http";
+import type { Writable } from "node:stream";
 import {
   compareEventIdParts,
   formatEventId,
@@ -53,7 +56,11 @@ export interface SseOptions {
   batch: number;
   /** A client whose socket stays blocked this long is dropped. Default 30,000 ms. */
   stallTimeoutMs: number;
-  /** Bytes buffered for a client before waiting for it to drain. Default 256 KiB. */
+  /**
+   * Bytes a client may have unsent before the stream waits for it to drain
+   * (reading nothing more meanwhile); also what one read batch aims to stay
+   * within. Default 256 KiB.
+   */
   maxBufferedBytes: number;
   /** Reconnect delay advertised with `retry:`. Default 2,000 ms. */
   retryMs: number;
@@ -102,25 +109,76 @@ export function parseCursor(
 
 class ClientGone extends Error {}
 
-/** Writes SSE frames with backpressure: waits for `drain`, drops a client stalled too long. */
-class FrameWriter {
-  blocked = false;
+/** Most bytes handed to the socket at once: a larger frame goes out in pieces, each when there is room. */
+const SLICE_BYTES = 64 * 1024;
+
+/**
+ * Writes SSE frames with backpressure, bounded by bytes: no more is handed to
+ * the socket while its unsent bytes are at `maxBufferedBytes` (or the
+ * socket's own high-water mark, if larger: below it Node emits no `drain`),
+ * so what a client has not received stays within that bound plus one slice,
+ * however large a frame is. The caller awaits every write, so nothing more is
+ * read from the sources meanwhile. A client that stays blocked for
+ * `stallTimeoutMs` is dropped (it resumes with Last-Event-ID).
+ */
+export class FrameWriter {
+  private waiting = false;
+  private midFrame = false;
+  private readonly bound: number;
+  private readonly slice: number;
+
   constructor(
-    private readonly res: ServerResponse,
-    private readonly opts: SseOptions,
+    private readonly res: Writable,
+    private readonly opts: Pick<SseOptions, "maxBufferedBytes" | "stallTimeoutMs">,
     private readonly signal: AbortSignal,
     private readonly onDrop: () => void,
-  ) {}
+  ) {
+    this.bound = Math.max(1, opts.maxBufferedBytes, res.writableHighWaterMark);
+    this.slice = Math.max(1, Math.min(SLICE_BYTES, opts.maxBufferedBytes));
+  }
 
   get gone(): boolean {
     return this.res.destroyed || this.res.writableEnded;
   }
 
-  async write(frame: string): Promise<void> {
+  /** Bytes handed to the socket and not yet sent. */
+  get unsent(): number {
+    return this.res.writableLength;
+  }
+
+  /**
+   * A frame was cut short (the client left or the server is closing while it
+   * waited): the connection must be destroyed, not ended, so the client never
+   * sees the blank line that would complete the broken event.
+   */
+  get partial(): boolean {
+    return this.midFrame;
+  }
+
+  /** Write one frame; resolves when the socket has room for more. Returns the frame's size in bytes. */
+  async write(frame: string): Promise<number> {
     if (this.gone) throw new ClientGone();
-    const ok = this.res.write(frame);
-    if (ok && this.res.writableLength <= this.opts.maxBufferedBytes) return;
-    this.blocked = true;
+    const bytes = Buffer.from(frame, "utf8");
+    this.midFrame = true;
+    for (let at = 0; at < bytes.length; at += this.slice) {
+      if (this.res.writableLength >= this.bound) await this.room();
+      this.res.write(bytes.subarray(at, at + this.slice));
+    }
+    this.midFrame = false;
+    if (this.res.writableLength >= this.bound) await this.room();
+    return bytes.length;
+  }
+
+  /** A heartbeat only when nothing is queued: a blocked client needs no more bytes. */
+  heartbeat(): void {
+    if (!this.gone && !this.waiting && !this.midFrame && this.res.writableLength === 0)
+      this.res.write(": ping\n\n");
+  }
+
+  /** Wait for `drain`; drop the client if it does not come within the stall bound. */
+  private async room(): Promise<void> {
+    if (this.gone) throw new ClientGone();
+    this.waiting = true;
     try {
       if (!(await this.drained())) {
         if (!this.gone && !this.signal.aborted) {
@@ -130,13 +188,8 @@ class FrameWriter {
         throw new ClientGone();
       }
     } finally {
-      this.blocked = false;
+      this.waiting = false;
     }
-  }
-
-  /** A heartbeat only when nothing is queued: a blocked client needs no more bytes. */
-  heartbeat(): void {
-    if (!this.gone && !this.blocked && this.res.writableLength === 0) this.res.write(": ping\n\n");
   }
 
   private drained(): Promise<boolean> {
@@ -210,6 +263,7 @@ export async function serveRunEvents(
   res.flushHeaders();
   const heartbeat = setInterval(() => writer.heartbeat(), opts.heartbeatMs);
   deps.metrics.base.sseClients.inc();
+  const untrack = deps.metrics.trackSseBuffer(() => writer.unsent);
 
   const session = new Session(deps, writer, start, signal, log);
   try {
@@ -223,8 +277,12 @@ export async function serveRunEvents(
   } finally {
     clearInterval(heartbeat);
     deps.metrics.base.sseClients.dec();
+    untrack();
     res.off("close", onClose);
-    if (!writer.gone) {
+    if (writer.partial && !writer.gone) {
+      // Never complete a frame cut short: the client discards the unfinished event and resumes.
+      res.destroy();
+    } else if (!writer.gone) {
       // Shutting down: tell the client to come back soon (to another replica).
       if (deps.shutdown.aborted)
         res.write(`: server shutting down\nretry: ${Math.min(opts.retryMs, 1_000)}\n\n`);
@@ -257,6 +315,10 @@ class Session {
   private status: RunProgress["status"];
   private ended = false;
   private lastLiveWarn = 0;
+  /** Events per read: starts at one and grows while batches fit `maxBufferedBytes` (see `fit`). */
+  private count = 1;
+  /** Bytes of the largest frame written so far. */
+  private largest = 0;
 
   constructor(
     private readonly deps: StreamDeps,
@@ -349,7 +411,7 @@ class Session {
   private async readLive(blockMs: number): Promise<StreamEvent[]> {
     try {
       return await this.deps.events.read(this.start.runId, formatEventId(this.last), {
-        count: this.deps.opts.batch,
+        count: this.count,
         blockMs,
         signal: this.signal,
       });
@@ -384,9 +446,8 @@ class Session {
 
   /** Write persisted events after the last sent, up to `upTo` (or one batch when unbounded). */
   private async fillFromPostgres(upTo: number): Promise<void> {
-    const { batch } = this.deps.opts;
     for (;;) {
-      const want = upTo === Infinity ? batch : Math.min(batch, upTo - this.last.n);
+      const want = upTo === Infinity ? this.count : Math.min(this.count, upTo - this.last.n);
       if (want <= 0) return;
       const rows = await listEvents(this.deps.db, this.start.runId, this.last.n, want);
       for (const e of rows) {
@@ -406,10 +467,25 @@ class Session {
     }
   }
 
+  /**
+   * Size the next reads after the largest event seen: a batch of such events
+   * fits the byte budget (one event, if one alone is larger), growing at most
+   * twofold per event so a stream of unknown sizes starts small.
+   */
+  private fit(bytes: number): void {
+    const { batch, maxBufferedBytes } = this.deps.opts;
+    this.largest = Math.max(this.largest, bytes);
+    const fits = Math.max(1, Math.floor(maxBufferedBytes / this.largest));
+    this.count = Math.min(batch, fits, this.count * 2);
+  }
+
   private async emit(id: EventIdParts, type: string, data: Record<string, unknown>): Promise<void> {
     const safeType = type.replace(/[\r\n]/g, " ");
     const sid = formatEventId(id);
-    await this.writer.write(`id: ${sid}\nevent: ${safeType}\ndata: ${JSON.stringify(data)}\n\n`);
+    const bytes = await this.writer.write(
+      `id: ${sid}\nevent: ${safeType}\ndata: ${JSON.stringify(data)}\n\n`,
+    );
+    this.fit(bytes);
     this.last = id;
     if (id.k === 0 && TERMINAL_EVENTS.has(type)) this.ended = true;
   }

@@ -31,6 +31,12 @@ function flatten(issues: readonly Issue[], prefix: string, out: FieldIssue[]): v
         out.push({ field: base === "body" ? k : `${base}.${k}`, message: "unknown field" });
       continue;
     }
+    if (issue.code === "invalid_key") {
+      // A record key (metadata, filters): the field is the key's path, the messages its key schema's.
+      const why = issue.issues.map((i) => i.message).join("; ");
+      out.push({ field: base, message: `invalid key: ${why}` });
+      continue;
+    }
     if (issue.code === "invalid_union") {
       const relevant = issue.errors.filter(
         (branch) => !branch.every((i) => i.code === "invalid_type" && i.path.length === 0),
@@ -48,6 +54,15 @@ export function zodFields(error: z.ZodError, location: Location): FieldIssue[] {
   const out: FieldIssue[] = [];
   flatten(error.issues, location === "body" ? "" : "query", out);
   return out;
+}
+
+/**
+ * A body that may be absent (create thread, cancel, cache invalidate): no
+ * body or an empty one counts as `{}`. An explicit JSON `null` is a body, and
+ * is refused by the object schema like any other non-object.
+ */
+export function optionalBody(body: unknown): unknown {
+  return body === undefined ? {} : body;
 }
 
 /** Parse `value` or throw `validation_failed` naming every offending field. */

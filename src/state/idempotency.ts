@@ -4,8 +4,14 @@ import { isUniqueViolation } from "./pg-errors.js";
 
 /**
  * Idempotency for API requests that do not create runs (create thread,
- * cancel, resume). Run creation uses `runs.idempotency_key` inside
+ * cancel, resume, memories). Run creation uses `runs.idempotency_key` inside
  * `enqueueRun` instead. Both live in Postgres so a key survives a Redis flush.
+ *
+ * One (tenant, key) is one effect across all of them: every keyed effect runs
+ * under the same transaction-scoped advisory lock (`lockIdempotencyKey`, taken
+ * before any row lock) and checks both tables under it, so of two requests
+ * racing with one key for different routes, the second sees the first's
+ * committed effect and is refused (`idempotency_key_reused`).
  *
  * Contract of `withIdempotencyKey`:
  * - the effect and the stored response commit in ONE transaction: either both
@@ -65,6 +71,15 @@ export function joinTx(q: Queryable, base: Db): Db {
   };
 }
 
+/**
+ * Serialise every use of (tenant, key) until the transaction ends, on every
+ * replica. Take it before any row lock (enqueueRun and withIdempotencyKey
+ * both do), so it never closes a lock cycle.
+ */
+export async function lockIdempotencyKey(q: Queryable, tenantId: string, key: string): Promise<void> {
+  await q.query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [`${tenantId}:${key}`]);
+}
+
 /** Run `effect` at most once per (tenant, key); see the module comment. */
 export async function withIdempotencyKey<X>(
   db: Db,
@@ -73,9 +88,7 @@ export async function withIdempotencyKey<X>(
 ): Promise<IdempotentOutcome<X>> {
   try {
     return await db.tx(async (q) => {
-      await q.query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [
-        `${scope.tenantId}:${scope.key}`,
-      ]);
+      await lockIdempotencyKey(q, scope.tenantId, scope.key);
       const stored = await findStored(q, scope);
       if (stored) return { response: stored, replayed: true, extra: undefined };
       await assertNotUsedByRun(q, scope.tenantId, scope.key);
@@ -124,8 +137,8 @@ async function assertNotUsedByRun(q: Queryable, tenantId: string, key: string): 
 }
 
 /**
- * For run creation: refuse a key already used by another kind of request
- * (`enqueueRun` itself checks keys used by other runs).
+ * For run creation, under `lockIdempotencyKey`: refuse a key already used by
+ * another kind of request (`enqueueRun` itself checks keys used by other runs).
  */
 export async function assertKeyNotStored(q: Queryable, tenantId: string, key: string): Promise<void> {
   const r = await q.query("SELECT 1 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2", [

@@ -3,6 +3,7 @@ import { CHANNELS } from "./channels.js";
 import type { Db, Queryable } from "./db.js";
 import { insertEvents } from "./events.js";
 import { assertWithinBudget } from "../cost/budget.js";
+import { assertKeyNotStored, lockIdempotencyKey } from "./idempotency.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { appendMessages, lockThread } from "./threads.js";
 import {
@@ -116,26 +117,20 @@ async function findByIdempotencyKey(
 }
 
 async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResult> {
+  if (input.idempotencyKey) {
+    // One key is one effect across every route: under the key's lock (the one withIdempotencyKey
+    // takes, and like it before any row lock), a key a concurrent request used for a thread,
+    // cancel, resume or memory is seen committed, and refused.
+    await lockIdempotencyKey(q, input.tenantId, input.idempotencyKey);
+    const existing = await findByIdempotencyKey(q, input.tenantId, input.idempotencyKey, input.requestHash);
+    if (existing) return { run: existing, created: false, events: [] };
+    await assertKeyNotStored(q, input.tenantId, input.idempotencyKey);
+  }
   if (!(await lockThread(q, input.threadId, input.tenantId))) {
     throw new CapstanError("not_found", `thread ${input.threadId} not found`);
   }
-  // After the idempotency lookup (in enqueueRun): a retried request still gets its run.
+  // After the idempotency lookup: a retried request still gets its run.
   if (input.enforceBudget !== false) await assertWithinBudget(q, input.tenantId);
-  const cap = await q.query<{ pending: number; max_pending: number | null }>(
-    `SELECT (SELECT count(*) FROM runs WHERE tenant_id = $1 AND status IN ${PENDING}) AS pending,
-            (SELECT max_pending FROM tenants WHERE id = $1) AS max_pending`,
-    [input.tenantId],
-  );
-  const limit = cap.rows[0]!.max_pending ?? input.defaultMaxPending;
-  if (cap.rows[0]!.pending >= limit) {
-    throw new CapstanError(
-      "too_many_runs",
-      `the tenant already has ${limit} queued or active runs; retry later`,
-      {
-        details: { limit },
-      },
-    );
-  }
 
   const multitask = input.multitask ?? "enqueue";
   const pending = await q.query<{ id: string }>(
@@ -185,7 +180,37 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
   );
   let run = toRun(r.rows[0]!);
   if (ready) run = await becomeHeadTx(q, run);
+  await assertPendingCapTx(q, input.tenantId, input.defaultMaxPending);
   return { run, created: true, events };
+}
+
+/**
+ * The pending cap, exact: lock the tenant's row of `tenant_pending` (a count
+ * kept by triggers on runs, migration 0006) until commit and check it. The
+ * count is the committed one, without this transaction's own run (its
+ * trigger fires at commit), so concurrent enqueues of one tenant check one at
+ * a time, whatever thread or replica. Taken as the transaction's last step,
+ * so the row is held only while it commits; its other takers (runs leaving
+ * the pending set, at commit) wait for nothing more once they hold it: no
+ * lock cycle. A refused enqueue rolls back its run with everything else.
+ */
+async function assertPendingCapTx(q: Queryable, tenantId: string, defaultMaxPending: number): Promise<void> {
+  const cap = await q.query<{ pending: number; max_pending: number | null }>(
+    `INSERT INTO tenant_pending AS p (tenant_id) VALUES ($1)
+     ON CONFLICT (tenant_id) DO UPDATE SET pending = p.pending
+     RETURNING pending, (SELECT max_pending FROM tenants WHERE id = $1) AS max_pending`,
+    [tenantId],
+  );
+  const limit = cap.rows[0]!.max_pending ?? defaultMaxPending;
+  if (cap.rows[0]!.pending >= limit) {
+    throw new CapstanError(
+      "too_many_runs",
+      `the tenant already has ${limit} queued or active runs; retry later`,
+      {
+        details: { limit },
+      },
+    );
+  }
 }
 
 /** Mark a run as its thread's head: append its input to the history and wake claimers. */

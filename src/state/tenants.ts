@@ -105,17 +105,26 @@ export async function createApiKey(
   }
 }
 
+/** The key with this secret, live or revoked; null when no key has it. */
+export async function lookupApiKey(
+  q: Queryable,
+  secret: string,
+): Promise<{ tenantId: string; keyId: string; revoked: boolean } | null> {
+  const r = await q.query<{ id: string; tenant_id: string; revoked: boolean }>(
+    "SELECT id, tenant_id, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = $1",
+    [hashApiKey(secret)],
+  );
+  const row = r.rows[0];
+  return row ? { tenantId: row.tenant_id, keyId: row.id, revoked: row.revoked } : null;
+}
+
 /** The tenant of a live key, or null (unknown or revoked: callers answer 401 either way). */
 export async function authenticateApiKey(
   q: Queryable,
   secret: string,
 ): Promise<{ tenantId: string; keyId: string } | null> {
-  const r = await q.query<{ id: string; tenant_id: string }>(
-    "SELECT id, tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-    [hashApiKey(secret)],
-  );
-  const row = r.rows[0];
-  return row ? { tenantId: row.tenant_id, keyId: row.id } : null;
+  const found = await lookupApiKey(q, secret);
+  return found && !found.revoked ? { tenantId: found.tenantId, keyId: found.keyId } : null;
 }
 
 export async function listApiKeys(q: Queryable, tenantId?: string): Promise<ApiKeyInfo[]> {

@@ -141,6 +141,9 @@ describe("Idempotency-Key on every POST (Postgres-backed, survives a Redis flush
   });
 
   it("survives losing every Redis key of this deployment (a simulated FLUSHALL)", async () => {
+    // A bucket refilling for an hour: its key outlives the test (a key expires once its bucket
+    // is full again, which at the default rate is well under a second after a few requests).
+    const api = await h.start({ rateLimit: { points: 1_000, durationMs: 3_600_000 } });
     const th = await call(api.url, "POST", "/v1/threads", {
       key: h.a.key,
       json: {},

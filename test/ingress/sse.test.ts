@@ -297,6 +297,42 @@ describe("SSE /v1/runs/:id/events", () => {
     );
   });
 
+  it("a client that does not read holds at most the byte bound on the server, however large the events", async () => {
+    const bound = 64 * 1024;
+    const strict = await h.start({ sse: { stallTimeoutMs: 1_500, maxBufferedBytes: bound } });
+    const { runId } = await threadAndRun(api.url, h.a.key);
+    const w = await FakeWorker.claim(h);
+    // Each event is 16 times the bound: before, one event was one socket write of 1 MB.
+    const big = "é".repeat(512 * 1024);
+    for (let i = 0; i < 10; i++) await w.coarse([ev("step.completed", { big })]);
+
+    const port = Number(new URL(strict.url).port);
+    const sock = connect({ host: "127.0.0.1", port });
+    sock.pause();
+    await new Promise<void>((resolve) => sock.once("connect", () => resolve()));
+    sock.write(
+      `GET /v1/runs/${runId}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${h.a.key}\r\nAccept: text/event-stream\r\n\r\n`,
+    );
+    const closed = new Promise<void>((resolve) => sock.once("close", () => resolve()));
+    const samples: number[] = [];
+    await until(
+      async () => {
+        samples.push(await metric(strict.url, "capstan_ingress_sse_buffered_bytes"));
+        return (
+          (await metric(strict.url, "capstan_ingress_sse_dropped_total", '{reason="slow_client"}')) === 1
+        );
+      },
+      { what: "the slow client to be dropped" },
+    );
+    // Blocked (kernel buffers full) with unsent bytes on the server, never more than bound + one slice.
+    expect(Math.max(...samples)).toBeGreaterThan(0);
+    expect(Math.max(...samples)).toBeLessThanOrEqual(bound + 64 * 1024);
+    sock.resume();
+    await closed;
+    expect(await metric(strict.url, "capstan_ingress_sse_buffered_bytes")).toBe(0);
+    await w.finish();
+  });
+
   it("bounds open streams per process: one more is 503 server_busy with Retry-After", async () => {
     const small = await h.start({ maxWatchers: 1 });
     const { runId } = await threadAndRun(api.url, h.a.key);

@@ -1,3 +1,4 @@
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { localLexicalEmbedder } from "../../src/agent/embeddings.js";
 import type { RunningIngress } from "../../src/ingress/server.js";
@@ -484,6 +485,172 @@ const cases: Case[] = [
     code: "validation_failed",
     field: "tags",
   },
+  // Text PostgreSQL cannot store (NUL; unpaired surrogates have no UTF-8), anywhere a client string goes.
+  ...(
+    [
+      ["thread metadata value", "/v1/threads", (x: string) => ({ metadata: { a: x } }), "metadata.a"],
+      ["thread metadata key", "/v1/threads", (x: string) => ({ metadata: { [`k${x}`]: 1 } }), `metadata.k`],
+      [
+        "nested metadata value",
+        "/v1/threads",
+        (x: string) => ({ metadata: { a: { b: [1, x] } } }),
+        "metadata.a.b.1",
+      ],
+      ["run input", runPath, (x: string) => ({ agent: "echo", input: `hi${x}` }), "input"],
+      [
+        "run input part",
+        runPath,
+        (x: string) => ({ agent: "echo", input: { role: "user", content: [{ type: "text", text: x }] } }),
+        "input.content.0.text",
+      ],
+      [
+        "run metadata",
+        runPath,
+        (x: string) => ({ agent: "echo", input: "hi", metadata: { m: x } }),
+        "metadata.m",
+      ],
+      [
+        "resume input",
+        () => `/v1/runs/${runId}/resume`,
+        (x: string) => ({ decision: "approve", input: { note: x } }),
+        "input.note",
+      ],
+      ["memory text", () => "/v1/memories", (x: string) => ({ namespace: "n", text: `t${x}` }), "text"],
+      [
+        "memory namespace",
+        () => "/v1/memories",
+        (x: string) => ({ namespace: `n${x}`, text: "t" }),
+        "namespace",
+      ],
+      [
+        "memory metadata",
+        () => "/v1/memories",
+        (x: string) => ({ namespace: "n", text: "t", metadata: { m: x } }),
+        "metadata.m",
+      ],
+      [
+        "memory search query",
+        () => "/v1/memories/search",
+        (x: string) => ({ namespace: "n", query: x }),
+        "query",
+      ],
+      [
+        "memory search filter",
+        () => "/v1/memories/search",
+        (x: string) => ({ namespace: "n", query: "q", filter: { [x]: "v" } }),
+        "filter.",
+      ],
+      ["cache tag", () => "/v1/cache/invalidate", (x: string) => ({ tags: [`t${x}`] }), "tags.0"],
+    ] as const
+  ).flatMap(([what, path, body, field]): Case[] =>
+    (
+      [
+        ["NUL", "\u0000"],
+        ["lone low surrogate", "\udfff"],
+        ["lone high surrogate", "\ud800"],
+      ] as const
+    ).map(([kind, bad]) => ({
+      name: `${what}: ${kind}`,
+      method: "POST",
+      path: typeof path === "string" ? () => path : path,
+      json: body(bad),
+      status: 400,
+      code: "validation_failed",
+      // Keys are named with the offending key itself: match the field's stable part.
+      field: field.endsWith(".") || field === "metadata.k" ? field + bad : field,
+    })),
+  ),
+  {
+    name: "metadata nested 2,000 levels deep: refused before validation, naming the path",
+    method: "POST",
+    path: () => "/v1/threads",
+    raw: `{"metadata":{"x":${'{"a":'.repeat(2_000)}1${"}".repeat(2_000)}}}`,
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: `metadata.x${".a".repeat(30)}`,
+  },
+  {
+    name: "run input nested too deeply",
+    method: "POST",
+    path: runPath,
+    raw: `{"agent":"echo","input":${"[".repeat(40)}${"]".repeat(40)}}`,
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: `input${".0".repeat(31)}`,
+  },
+  {
+    name: "metadata: a number JSON cannot carry (1e400)",
+    method: "POST",
+    path: () => "/v1/threads",
+    raw: '{"metadata":{"n":1e400}}',
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: "metadata.n",
+  },
+  {
+    name: "JSON null where an object is required (create thread)",
+    method: "POST",
+    path: () => "/v1/threads",
+    raw: "null",
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: "body",
+  },
+  {
+    name: "JSON null where an object is required (cancel)",
+    method: "POST",
+    path: () => `/v1/runs/${runId}/cancel`,
+    raw: "null",
+    headers: { "content-type": "application/json" },
+    status: 400,
+    code: "validation_failed",
+    field: "body",
+  },
+  {
+    name: "usage: year 0 (PostgreSQL has none)",
+    method: "GET",
+    path: () => "/v1/usage?from=0000-01-01&to=0000-01-05",
+    status: 400,
+    code: "validation_failed",
+    field: "query.from",
+  },
+  {
+    name: "bad percent-escape in the path",
+    method: "GET",
+    path: () => "/v1/threads/%zz",
+    status: 400,
+    code: "validation_failed",
+    field: "path",
+  },
+  {
+    name: "percent-escape that is not UTF-8 (an encoded lone surrogate)",
+    method: "PUT",
+    path: () => "/v1/memories/%ED%A0%80/k",
+    json: { text: "t" },
+    status: 400,
+    code: "validation_failed",
+    field: "path",
+  },
+  {
+    name: "path parameter over 3 KiB",
+    method: "GET",
+    path: () => `/v1/memories/${"n".repeat(3 * 1024 + 1)}/k`,
+    status: 400,
+    code: "validation_failed",
+    field: "path",
+  },
+  {
+    name: "memory list: NUL in the query",
+    method: "GET",
+    path: () => "/v1/memories?namespace=a%00",
+    status: 400,
+    code: "validation_failed",
+    field: "query.namespace",
+  },
   { name: "unknown route", method: "GET", path: () => "/v1/nothing/here", status: 404, code: "not_found" },
   {
     name: "unknown method",
@@ -536,13 +703,70 @@ describe("bad input: right status, problem code and field; nothing written; the 
     expect(await rowCounts(h.t)).toEqual(baseline);
   });
 
+  it("valid Unicode outside the BMP (surrogate pairs) is stored and answered exactly as sent", async () => {
+    const text = "emoji 😀, 𝄞 and é";
+    const th = await call(api.url, "POST", "/v1/threads", {
+      key: h.a.key,
+      json: { metadata: { [text]: text, list: [text] } },
+    });
+    expect(th.status, th.text).toBe(201);
+    const back = await call(api.url, "GET", `/v1/threads/${String(obj(th.body).id)}`, { key: h.a.key });
+    expect(obj(back.body).metadata).toEqual({ [text]: text, list: [text] });
+    const put = await call(api.url, "PUT", `/v1/memories/uni/${encodeURIComponent("ключ 😀")}`, {
+      key: h.a.key,
+      json: { text },
+    });
+    expect(put.status, put.text).toBe(201);
+    expect(obj(put.body)).toMatchObject({ text, key: "ключ 😀" });
+    const m = await h.t.db.query<{ text: string }>("SELECT text FROM memories WHERE id = $1", [
+      obj(put.body).id,
+    ]);
+    expect(m.rows[0]!.text).toBe(text);
+    // Reset what this test wrote, so the table's "nothing written" baseline still holds.
+    await h.t.db.query("DELETE FROM memories WHERE id = $1", [obj(put.body).id]);
+    await h.t.db.query("DELETE FROM threads WHERE id = $1", [obj(th.body).id]);
+  });
+
+  it("bytes Node's HTTP parser refuses are answered as problem+json too, on the raw socket", async () => {
+    const raw = async (request: string): Promise<{ head: string; body: Record<string, unknown> }> => {
+      const { port } = new URL(api.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      let data = "";
+      socket.setEncoding("utf8");
+      socket.on("data", (c: string) => (data += c));
+      await new Promise<void>((resolve, reject) => {
+        socket.on("close", () => resolve());
+        socket.on("error", reject);
+        socket.write(request);
+      });
+      const at = data.indexOf("\r\n\r\n");
+      return { head: data.slice(0, at), body: JSON.parse(data.slice(at + 4)) as Record<string, unknown> };
+    };
+    const bad = await raw("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\u007fb\r\n\r\n");
+    expect(bad.head).toMatch(/^HTTP\/1\.1 400 /);
+    expect(bad.head).toMatch(/content-type: application\/problem\+json/i);
+    expect(bad.body).toMatchObject({
+      status: 400,
+      code: "validation_failed",
+      fields: [{ field: "request" }],
+    });
+    const huge = await raw(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"b".repeat(20_000)}\r\n\r\n`);
+    expect(huge.head).toMatch(/^HTTP\/1\.1 431 /);
+    expect(huge.body).toMatchObject({ status: 431, code: "headers_too_large" });
+    expect(huge.body.request_id).toBe(/x-request-id: (\S+)/i.exec(huge.head)?.[1]);
+  });
+
   it("conflicts: run_not_waiting and run_not_cancellable are 409; too_many_runs is 429 with Retry-After", async () => {
     const notWaiting = await call(api.url, "POST", `/v1/runs/${runId}/resume`, {
       key: h.a.key,
       json: { decision: "approve" },
     });
     expect(notWaiting.status).toBe(409);
-    expect(obj(notWaiting.body)).toMatchObject({ code: "run_not_waiting", status: "queued" });
+    expect(obj(notWaiting.body)).toMatchObject({
+      code: "run_not_waiting",
+      status: 409,
+      run_status: "queued",
+    });
 
     const ten = await h.tenant();
     await updateTenantLimits(h.t.db, ten.id, { maxPending: 1 });
@@ -568,7 +792,11 @@ describe("bad input: right status, problem code and field; nothing written; the 
     await h.t.db.query("UPDATE runs SET status = 'succeeded' WHERE id = $1", [firstId]);
     const done = await call(api.url, "POST", `/v1/runs/${firstId}/cancel`, { key: ten.key });
     expect(done.status).toBe(409);
-    expect(obj(done.body)).toMatchObject({ code: "run_not_cancellable", status: "succeeded" });
+    expect(obj(done.body)).toMatchObject({
+      code: "run_not_cancellable",
+      status: 409,
+      run_status: "succeeded",
+    });
   });
 
   it("database down: 503 database_unavailable with Retry-After, and the process keeps running", async () => {

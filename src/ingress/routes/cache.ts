@@ -2,7 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { createToolCache, type ToolCache } from "../../cost/cache.js";
 import { principalOf, type IngressContext } from "../context.js";
 import { invalidateBody, type InvalidateResultJson } from "../schemas.js";
-import { parseOr400 } from "../validate.js";
+import { optionalBody, parseOr400 } from "../validate.js";
 
 export { invalidateBody };
 
@@ -26,7 +26,7 @@ export function cacheRoutes(
 
   app.post("/cache/invalidate", async (req): Promise<InvalidateResultJson> => {
     const { tenantId } = principalOf(req);
-    const body = parseOr400(invalidateBody, req.body ?? {}, "body");
+    const body = parseOr400(invalidateBody, optionalBody(req.body), "body");
     const invalidated = await cache.invalidate(tenantId, body.tags);
     return { invalidated };
   });

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { CapstanError } from "../../errors.js";
-import { assertKeyNotStored, withIdempotencyKey, type StoredResponse } from "../../state/idempotency.js";
+import { withIdempotencyKey, type StoredResponse } from "../../state/idempotency.js";
 import { readJournal } from "../../state/journal.js";
 import { cancelRun, enqueueRun, getRun, resumeRun } from "../../state/scheduler.js";
 import { isTerminal, type Run, type RunEvent } from "../../state/types.js";
@@ -9,7 +9,7 @@ import { principalOf, type IngressContext } from "../context.js";
 import { idempotencyKeyOf, requestHash } from "../idempotency.js";
 import { publishPersisted } from "../publish.js";
 import { createRunBody, LIMITS, resumeBody, waitQuery, type RunJson, type StepListJson } from "../schemas.js";
-import { parseOr400, pathId } from "../validate.js";
+import { optionalBody, parseOr400, pathId } from "../validate.js";
 import { runView, stepView } from "../views.js";
 import { z } from "zod";
 import { runCost, type PriceTable } from "../../cost/pricing.js";
@@ -59,7 +59,6 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
         ],
       });
     }
-    if (key) await assertKeyNotStored(ctx.db, tenantId, key);
     const result = await enqueueRun(ctx.db, {
       tenantId,
       threadId,
@@ -106,7 +105,7 @@ export function runRoutes(app: FastifyInstance, ctx: IngressContext, opts: RunRo
     const { tenantId } = principalOf(req);
     const runId = pathId(req.params, "run");
     const key = idempotencyKeyOf(req);
-    const body = parseOr400(emptyBody, req.body ?? {}, "body");
+    const body = parseOr400(emptyBody, optionalBody(req.body), "body");
     const cancel = async (db: Db) => {
       const { run, events } = await cancelRun(db, tenantId, runId);
       return { response: { statusCode: 200, body: await viewWithCost(run, db) }, extra: events };

@@ -4,7 +4,7 @@ import { createThread, getThread, listMessages } from "../../state/threads.js";
 import { principalOf, type IngressContext } from "../context.js";
 import { idempotencyKeyOf, requestHash } from "../idempotency.js";
 import { createThreadBody, LIMITS, messagesQuery, type MessagePageJson } from "../schemas.js";
-import { parseOr400, pathId } from "../validate.js";
+import { optionalBody, parseOr400, pathId } from "../validate.js";
 import { messageView, threadView } from "../views.js";
 
 /** Thread endpoints (docs/http-api.md#threads). Every query is scoped to the caller's tenant. */
@@ -12,7 +12,7 @@ export function threadRoutes(app: FastifyInstance, ctx: IngressContext): void {
   app.post("/threads", async (req, reply) => {
     const { tenantId } = principalOf(req);
     const key = idempotencyKeyOf(req);
-    const body = parseOr400(createThreadBody, req.body ?? {}, "body");
+    const body = parseOr400(createThreadBody, optionalBody(req.body), "body");
     const create = async (q: IngressContext["db"]) => {
       const thread = await createThread(q, tenantId, body.metadata ?? {});
       return { statusCode: 201, body: threadView(thread) };

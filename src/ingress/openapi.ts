@@ -49,6 +49,23 @@ function components(entries: Record<string, z.ZodType>, io: "input" | "output"):
 const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
 const json = (name: string): Json => ({ "application/json": { schema: ref(name) } });
 
+/** The `/readyz` body (src/observability/ops-server.ts `readinessBody`), the same for every role. */
+const READINESS: Json = {
+  type: "object",
+  required: ["status", "checks"],
+  properties: {
+    status: { type: "string", enum: ["ready", "not_ready"] },
+    checks: {
+      type: "object",
+      additionalProperties: {
+        type: "object",
+        required: ["ok"],
+        properties: { ok: { type: "boolean" }, detail: { type: "string" } },
+      },
+    },
+  },
+};
+
 const problems = (...statuses: number[]): Json =>
   Object.fromEntries(
     statuses.map((st) => [
@@ -395,7 +412,10 @@ export function buildOpenApi(): Json {
         get: {
           summary: "Readiness: Postgres reachable, schema current, coordination reachable, agents loaded",
           security: [],
-          responses: { "200": { description: "Ready" }, "503": { description: "Not ready" } },
+          responses: {
+            "200": { description: "Ready", content: { "application/json": { schema: READINESS } } },
+            "503": { description: "Not ready", content: { "application/json": { schema: READINESS } } },
+          },
         },
       },
       "/metrics": {

@@ -25,6 +25,9 @@ import { lockDataDir, type DataDirLock } from "./data-lock.js";
 
 export type Role = "dev" | "ingress" | "worker" | "admin";
 
+/** This file is TypeScript: the process runs from source, under a loader (tsx) that imports TypeScript. */
+const RUNNING_FROM_SOURCE = import.meta.url.endsWith(".ts");
+
 export interface RuntimeOptions {
   role: Role;
   cwd: string;
@@ -117,7 +120,10 @@ export function loadAgents(
 }
 
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
-  const config = (await loadConfigFile(opts.configPath, opts.cwd)) ?? opts.fallbackConfig?.() ?? null;
+  const config =
+    (await loadConfigFile(opts.configPath, opts.cwd, { nativeTypeScript: RUNNING_FROM_SOURCE })) ??
+    opts.fallbackConfig?.() ??
+    null;
   const settings = resolveSettings({
     file: config?.server,
     env: opts.env,

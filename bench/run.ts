@@ -636,7 +636,7 @@ interface ColdStartVariant {
   command: string;
   /** Spawn → first 200 from /readyz (wall clock, ms). */
   readyMs: Summary;
-  /** CPU time (user + system) of the process when it was ready: what a quiet machine would take at least. */
+  /** CPU time (user + system) of the process when it was ready: less sensitive to the machine's load than wall time. */
   cpuMs: Summary;
 }
 
@@ -672,8 +672,13 @@ async function coldStartPhase(ctx: Ctx) {
     tsx: { ready: [], cpu: [] },
   };
   const busyBefore = await busyPct(2_000);
+  // The yardstick: an empty Node process, spawn → exit, in the same rounds (how slow the machine is now).
+  const emptyNode: number[] = [];
   try {
     for (let i = 0; i < n; i++) {
+      const tEmpty = nowMs();
+      await spawnNode("coldstart-empty-node", ["-e", ""], {}, { tsx: false }).exited;
+      emptyNode.push(nowMs() - tEmpty);
       for (const [name, v] of Object.entries(variants) as [
         keyof typeof variants,
         (typeof variants)["tsx"],
@@ -712,6 +717,8 @@ async function coldStartPhase(ctx: Ctx) {
   const out = {
     samplesPerVariant: n,
     machineBusyPctBefore: busyBefore,
+    /** `node -e ""`, spawn → exit: ~40 ms on a quiet machine; scale the figures by it. */
+    emptyNodeMs: summarize(emptyNode),
     buildSeconds,
     productionTs: variant("productionTs"),
     productionJs: variant("productionJs"),

@@ -158,7 +158,7 @@ export function renderFigures(r: Results, file: string): string {
     rows.push([
       "Worker cold start: spawn → `/readyz` 200, production path (`node bin/capstan.js worker`), `.mjs` / `.ts` config",
       `**${lat(cold.productionJs.readyMs)}** / ${lat(cold.productionTs.readyMs)}`,
-      `CPU at ready ${n(cold.productionJs.cpuMs.median)} / ${n(cold.productionTs.cpuMs.median)} ms (a quiet machine needs at least that); from source with tsx: ${cs(cold.tsx)}; ${cold.samplesPerVariant} starts each, machine ${n(cold.machineBusyPctBefore, 0)} % busy before`,
+      `CPU at ready ${n(cold.productionJs.cpuMs.median)} / ${n(cold.productionTs.cpuMs.median)} ms (less sensitive to the machine's load than wall time); from source with tsx: ${cs(cold.tsx)}; ${cold.samplesPerVariant} starts each, machine ${n(cold.machineBusyPctBefore, 0)} % busy before, an empty \`node -e ""\` took ${n(cold.emptyNodeMs.median)} ms`,
     ]);
   }
   const mem = r.memory;

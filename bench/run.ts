@@ -6,6 +6,7 @@
  *   npm run bench                    # the full run (~6–7 min on 2 cores)
  *   BENCH_QUICK=1 npm run bench      # a ~1.5 min smoke run (results/quick-*.json, README untouched)
  *   BENCH_SKIP=peers,memory npm run bench
+ *   BENCH_ONLY=coldstart npm run bench  # only these phases (results/only-*.json; latest.json untouched)
  *
  * It creates its own database `capstan_bench_<hex>` (and one per peer) on
  * the machine's PostgreSQL and a Redis key prefix of the same name, starts
@@ -15,9 +16,10 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import pg from "pg";
 import { Redis } from "ioredis";
 import { callModel } from "../src/worker/model-call.js";
@@ -607,6 +609,128 @@ async function recoveryPhase(ctx: Ctx) {
   };
 }
 
+/* ------------------------------------------------------------------ */
+/* cold start                                                           */
+/* ------------------------------------------------------------------ */
+
+/** The user's config of the production-path samples: one agent on a real provider, one zod tool. */
+function coldStartConfig(entry: string): string {
+  return [
+    `import { z } from "zod";`,
+    `import { defineAgent, defineConfig, tool } from ${JSON.stringify(entry)};`,
+    `const lookup = tool({`,
+    `  description: "Look an order up",`,
+    `  input: z.object({ orderId: z.string() }),`,
+    `  effect: "pure",`,
+    `  run: ({ orderId }) => ({ orderId, status: "shipped" }),`,
+    `});`,
+    `export default defineConfig({`,
+    `  agents: [defineAgent({ name: "support", model: "openai:gpt-4o-mini", instructions: "Help.", tools: { lookup } })],`,
+    `});`,
+    ``,
+  ].join("\n");
+}
+
+interface ColdStartVariant {
+  /** How the worker is started. */
+  command: string;
+  /** Spawn → first 200 from /readyz (wall clock, ms). */
+  readyMs: Summary;
+  /** CPU time (user + system) of the process when it was ready: less sensitive to the machine's load than wall time. */
+  cpuMs: Summary;
+}
+
+/**
+ * Cold start: spawn → `/readyz` 200 of a fresh `capstan worker` (Redis and
+ * PostgreSQL up, schema migrated, `--no-migrate` as the manifests run it).
+ * A replacement worker adds this to recovery. Variants: the production path
+ * (`node bin/capstan.js`, after `npm run build`) with a TypeScript config
+ * (the documented `capstan.config.ts`, transpiled by jiti at every start)
+ * and with a JavaScript one, and the source path the tests, the chaos suite
+ * and the other phases use (`node --import tsx src/cli/main.ts`). Samples
+ * alternate between the variants, so drifting load hits all alike.
+ */
+async function coldStartPhase(ctx: Ctx) {
+  const n = ctx.cfg.coldStart.samples;
+  const tBuild = nowMs();
+  execFileSync("npm", ["run", "build"], { cwd: ROOT, stdio: "ignore" });
+  const buildSeconds = round((nowMs() - tBuild) / 1000, 1);
+  // A user's project: its config, and a node_modules where `zod` resolves.
+  const dir = await mkdtemp(resolve(os.tmpdir(), "capstan-coldstart-"));
+  await symlink(resolve(ROOT, "node_modules"), resolve(dir, "node_modules"), "dir");
+  const entry = pathToFileURL(resolve(ROOT, "dist/index.js")).href;
+  await writeFile(resolve(dir, "capstan.config.ts"), coldStartConfig(entry));
+  await writeFile(resolve(dir, "capstan.config.mjs"), coldStartConfig(entry));
+  const variants = {
+    productionTs: { args: ["bin/capstan.js", "--config", resolve(dir, "capstan.config.ts")], tsx: false },
+    productionJs: { args: ["bin/capstan.js", "--config", resolve(dir, "capstan.config.mjs")], tsx: false },
+    tsx: { args: ["src/cli/main.ts", "--config", "bench/capstan.bench.config.ts"], tsx: true },
+  };
+  const samples: Record<keyof typeof variants, { ready: number[]; cpu: number[] }> = {
+    productionTs: { ready: [], cpu: [] },
+    productionJs: { ready: [], cpu: [] },
+    tsx: { ready: [], cpu: [] },
+  };
+  const busyBefore = await busyPct(2_000);
+  // The yardstick: an empty Node process, spawn → exit, in the same rounds (how slow the machine is now).
+  const emptyNode: number[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const tEmpty = nowMs();
+      await spawnNode("coldstart-empty-node", ["-e", ""], {}, { tsx: false }).exited;
+      emptyNode.push(nowMs() - tEmpty);
+      for (const [name, v] of Object.entries(variants) as [
+        keyof typeof variants,
+        (typeof variants)["tsx"],
+      ][]) {
+        const opsPort = await freePort();
+        const t0 = nowMs();
+        const proc = spawnNode(
+          `coldstart-${name}`,
+          [...v.args, "worker", "--no-migrate"],
+          {
+            ...baseEnv(ctx),
+            CAPSTAN_OPS_PORT: String(opsPort),
+            CAPSTAN_WORKER_ID: `bench-cold-${name}-${i}`,
+          },
+          { tsx: v.tsx },
+        );
+        try {
+          await waitReady(`http://127.0.0.1:${opsPort}/readyz`, proc, 60_000, 10);
+          samples[name].ready.push(nowMs() - t0);
+          samples[name].cpu.push(cpuMsOf(proc.pid));
+        } finally {
+          await killProcs([proc]);
+        }
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  const variant = (name: keyof typeof variants): ColdStartVariant => ({
+    command: `node ${variants[name].tsx ? "--import tsx " : ""}${variants[name].args
+      .map((a) => a.replace(dir, "<tmp>"))
+      .join(" ")} worker --no-migrate`,
+    readyMs: summarize(samples[name].ready),
+    cpuMs: summarize(samples[name].cpu),
+  });
+  const out = {
+    samplesPerVariant: n,
+    machineBusyPctBefore: busyBefore,
+    /** `node -e ""`, spawn → exit: ~40 ms on a quiet machine; scale the figures by it. */
+    emptyNodeMs: summarize(emptyNode),
+    buildSeconds,
+    productionTs: variant("productionTs"),
+    productionJs: variant("productionJs"),
+    tsx: variant("tsx"),
+  };
+  for (const name of Object.keys(variants) as (keyof typeof variants)[])
+    log(
+      `cold start ${name}: median ${out[name].readyMs.median} ms to ready, ${out[name].cpuMs.median} ms CPU`,
+    );
+  return out;
+}
+
 /** One in-process measurement in a child process; returns its results and how busy the machine was. */
 async function inProcess(
   system: System,
@@ -982,6 +1106,7 @@ export interface Results {
   throughput?: ThroughputRow[];
   scaling?: ThroughputRow[];
   recovery?: Awaited<ReturnType<typeof recoveryPhase>>;
+  coldStart?: Awaited<ReturnType<typeof coldStartPhase>>;
   peers?: Awaited<ReturnType<typeof peersPhase>>;
   memory?: Awaited<ReturnType<typeof memoryPhase>>;
   /** Phases that could not be measured, with the reason. */
@@ -1128,6 +1253,11 @@ async function main(): Promise<void> {
         results.recovery = await recoveryPhase(ctx);
       });
     }
+    if (cfg.phases.includes("coldstart")) {
+      await phase("coldstart", async () => {
+        results.coldStart = await coldStartPhase(ctx);
+      });
+    }
     if (cfg.phases.includes("peers")) {
       await phase("peers", async () => {
         results.peers = await peersPhase(ctx);
@@ -1144,11 +1274,16 @@ async function main(): Promise<void> {
     await mkdir(dir, { recursive: true });
     const date = new Date().toISOString().slice(0, 10);
     const json = JSON.stringify(results, null, 2) + "\n";
-    const file = cfg.quick ? `quick-${date}.json` : `${date}.json`;
+    // A partial run (BENCH_ONLY) has its own file: latest.json and the README keep a whole run's figures.
+    const file = cfg.partial
+      ? `only-${cfg.phases.join("-")}-${cfg.quick ? "quick-" : ""}${date}.json`
+      : cfg.quick
+        ? `quick-${date}.json`
+        : `${date}.json`;
     await writeFile(resolve(dir, file), json);
-    await writeFile(resolve(dir, cfg.quick ? "latest-quick.json" : "latest.json"), json);
+    if (!cfg.partial) await writeFile(resolve(dir, cfg.quick ? "latest-quick.json" : "latest.json"), json);
     log(`wrote bench/results/${file}`);
-    if (!cfg.quick || process.env.BENCH_README === "1") {
+    if (!cfg.partial && (!cfg.quick || process.env.BENCH_README === "1")) {
       await renderReadme(resolve(ROOT, "bench/README.md"), results, `bench/results/${file}`);
       log("updated bench/README.md");
     }

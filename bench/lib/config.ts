@@ -26,20 +26,38 @@ function list(name: string, full: string[], quick: string[]): string[] {
   return QUICK ? quick : full;
 }
 
-export const PHASES = ["baseline", "light", "throughput", "scaling", "recovery", "peers", "memory"] as const;
+export const PHASES = [
+  "baseline",
+  "light",
+  "throughput",
+  "scaling",
+  "recovery",
+  "coldstart",
+  "peers",
+  "memory",
+] as const;
 export type Phase = (typeof PHASES)[number];
 
 export function loadConfig() {
   const skip = new Set(list("BENCH_SKIP", [], []));
-  for (const s of skip) {
-    if (!PHASES.includes(s as Phase))
-      throw new Error(`BENCH_SKIP: unknown phase "${s}" (known: ${PHASES.join(", ")})`);
+  // BENCH_ONLY=coldstart runs just those phases; its results go to their own file (see run.ts).
+  const only = new Set(list("BENCH_ONLY", [], []));
+  for (const [name, set] of [
+    ["BENCH_SKIP", skip],
+    ["BENCH_ONLY", only],
+  ] as const) {
+    for (const s of set) {
+      if (!PHASES.includes(s as Phase))
+        throw new Error(`${name}: unknown phase "${s}" (known: ${PHASES.join(", ")})`);
+    }
   }
   const workers = list("BENCH_WORKERS", ["1", "2", "4"], ["1", "2"]).map(Number);
   const scalingWorkers = list("BENCH_WORKERS", ["1", "2", "4"], ["2"]).map(Number);
   return {
     quick: QUICK,
-    phases: PHASES.filter((p) => !skip.has(p)),
+    phases: PHASES.filter((p) => !skip.has(p) && (only.size === 0 || only.has(p))),
+    /** Only some phases (BENCH_ONLY): the results must not replace latest.json or the README figures. */
+    partial: only.size > 0,
     adminUrl: process.env.BENCH_ADMIN_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
     redisUrl: process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379",
     /** How long to wait (at most) for the shared machine to be quiet (< 25 % CPU busy) before measuring. */
@@ -72,6 +90,10 @@ export function loadConfig() {
       killTrials: num("BENCH_KILL_TRIALS", 3, 1),
       termTrials: num("BENCH_TERM_TRIALS", 2, 1),
       modelDelayMs: 1_000,
+    },
+    coldStart: {
+      /** Fresh worker processes per variant (production path with a .ts and a .mjs config, tsx path). */
+      samples: num("BENCH_COLDSTART_SAMPLES", 10, 3),
     },
     peers: {
       systems: list(

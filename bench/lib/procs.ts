@@ -46,8 +46,14 @@ export async function killProcs(procs: Proc[]): Promise<void> {
   await Promise.all(procs.map((p) => p.exited));
 }
 
-export function spawnNode(name: string, args: string[], env: Record<string, string | undefined>): Proc {
-  const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+/** `node --import tsx <args>` (from source), or plain `node <args>` with `tsx: false` (built code). */
+export function spawnNode(
+  name: string,
+  args: string[],
+  env: Record<string, string | undefined>,
+  opts: { tsx?: boolean } = {},
+): Proc {
+  const child = spawn(process.execPath, [...(opts.tsx === false ? [] : ["--import", "tsx"]), ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -101,8 +107,8 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Wait until GET url answers 200 (or the process dies, or the time is up). */
-export async function waitReady(url: string, proc: Proc, timeoutMs = 60_000): Promise<void> {
+/** Wait until GET url answers 200 (or the process dies, or the time is up), asking every `everyMs`. */
+export async function waitReady(url: string, proc: Proc, timeoutMs = 60_000, everyMs = 100): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (!proc.alive())
@@ -119,7 +125,7 @@ export async function waitReady(url: string, proc: Proc, timeoutMs = 60_000): Pr
         `${proc.name} was not ready at ${url} after ${timeoutMs} ms:\n${proc.output().slice(-4000)}`,
       );
     }
-    await sleep(100);
+    await sleep(everyMs);
   }
 }
 

@@ -152,6 +152,15 @@ export function renderFigures(r: Results, file: string): string {
       `${rec.sigtermGrace0.recovered}/${rec.sigtermGrace0.runs} runs, ${rec.sigtermGrace0.succeeded} succeeded`,
     ]);
   }
+  const cold = r.coldStart;
+  if (cold) {
+    const cs = (v: typeof cold.tsx): string => `${lat(v.readyMs)} (CPU ${n(v.cpuMs.median)} ms)`;
+    rows.push([
+      "Worker cold start: spawn → `/readyz` 200, production path (`node bin/capstan.js worker`), `.mjs` / `.ts` config",
+      `**${lat(cold.productionJs.readyMs)}** / ${lat(cold.productionTs.readyMs)}`,
+      `CPU at ready ${n(cold.productionJs.cpuMs.median)} / ${n(cold.productionTs.cpuMs.median)} ms (less sensitive to the machine's load than wall time); from source with tsx: ${cs(cold.tsx)}; ${cold.samplesPerVariant} starts each, machine ${n(cold.machineBusyPctBefore, 0)} % busy before, an empty \`node -e ""\` took ${n(cold.emptyNodeMs.median)} ms`,
+    ]);
+  }
   const mem = r.memory;
   if (mem) {
     const h = mem.hold;

@@ -17,8 +17,6 @@
  * to one `embeddingModel`).
  */
 import { createHash } from "node:crypto";
-import { createOpenAI } from "@ai-sdk/openai";
-import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { embedMany, type EmbeddingModel } from "ai";
 import type { KvCache } from "../coord/types.js";
 import { CapstanError } from "../errors.js";
@@ -118,7 +116,11 @@ export function resolveEmbedder(
         configInvalid(`embedding model "${spec}": ${model} produces at most ${known.dims} dims`);
       }
       const s = providers.openai ?? {};
-      const m = createOpenAI({ apiKey: s.apiKey, baseURL: s.baseURL }).embedding(model);
+      // The provider SDK is imported on the first embed call: a process loads only what it uses.
+      const m = async () => {
+        const { createOpenAI } = await import("@ai-sdk/openai");
+        return createOpenAI({ apiKey: s.apiKey, baseURL: s.baseURL }).embedding(model);
+      };
       // Ask for shortened vectors only when they differ from the native size.
       const providerOptions = known && size !== known.dims ? { openai: { dimensions: size } } : undefined;
       return sdkEmbedder(`openai:${model}@${size}`, size, m, providerOptions, opts);
@@ -137,12 +139,16 @@ export function resolveEmbedder(
             `models.compatible.baseURL (e.g. "http://127.0.0.1:11434/v1" for Ollama)`,
         );
       }
-      const m = createOpenAICompatible({
-        name: s.name ?? "compatible",
-        baseURL: s.baseURL,
-        apiKey: s.apiKey,
-        headers: s.headers,
-      }).embeddingModel(model);
+      const baseURL = s.baseURL;
+      const m = async () => {
+        const { createOpenAICompatible } = await import("@ai-sdk/openai-compatible");
+        return createOpenAICompatible({
+          name: s.name ?? "compatible",
+          baseURL,
+          apiKey: s.apiKey,
+          headers: s.headers,
+        }).embeddingModel(model);
+      };
       return sdkEmbedder(`compatible:${model}@${dims}`, dims, m, undefined, opts);
     }
   }
@@ -150,20 +156,32 @@ export function resolveEmbedder(
 
 type ProviderOptions = Parameters<typeof embedMany>[0]["providerOptions"];
 
-/** An embedder over an AI SDK embedding model: batched requests, dims checked. */
+/**
+ * An embedder over an AI SDK embedding model (or a loader of one, called on
+ * the first embed and again after it failed): batched requests, dims checked.
+ */
 export function sdkEmbedder(
   id: string,
   dims: number,
-  model: EmbeddingModel,
+  modelOrLoader: EmbeddingModel | (() => Promise<EmbeddingModel>),
   providerOptions: ProviderOptions,
   opts: EmbedderOptions = {},
 ): Embedder {
   const maxBatchSize = opts.maxBatchSize ?? 128;
   const maxBatchChars = opts.maxBatchChars ?? 400_000;
+  let loaded: Promise<EmbeddingModel> | undefined;
+  const getModel = (): Promise<EmbeddingModel> =>
+    typeof modelOrLoader === "function"
+      ? (loaded ??= modelOrLoader().catch((err: unknown) => {
+          loaded = undefined;
+          throw err;
+        }))
+      : Promise.resolve(modelOrLoader);
   return {
     id,
     dims,
     async embed(texts, signal) {
+      const model = await getModel();
       const out: number[][] = [];
       for (const batch of batches(texts, maxBatchSize, maxBatchChars)) {
         signal?.throwIfAborted();

@@ -5,7 +5,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { resolve } from "node:path";
-import { createJiti } from "jiti";
+import { pathToFileURL } from "node:url";
 import { CapstanError } from "../errors.js";
 import { normalizeConfig } from "./define.js";
 import type { CapstanConfig } from "./types.js";
@@ -36,8 +36,18 @@ export function findConfigFile(cwd: string): string | null {
  *
  * Throws `config_invalid` (message starts with the file path) when the file
  * cannot be loaded or its default export is not a valid config.
+ *
+ * `nativeTypeScript`: the process already loads TypeScript (the CLI run from
+ * source under tsx): import a `.ts`/`.mts` config natively, with this
+ * process's modules, instead of transpiling it (and every source file it
+ * imports, a second copy of them) with jiti's Babel, which costs seconds of
+ * CPU at every start. Native imports are cached per process like `.mjs`.
  */
-export async function loadConfigFile(path: string | undefined, cwd: string): Promise<CapstanConfig | null> {
+export async function loadConfigFile(
+  path: string | undefined,
+  cwd: string,
+  opts: { nativeTypeScript?: boolean } = {},
+): Promise<CapstanConfig | null> {
   let file: string;
   if (path !== undefined) {
     file = resolve(cwd, path);
@@ -50,13 +60,19 @@ export async function loadConfigFile(path: string | undefined, cwd: string): Pro
     file = found;
   }
 
-  // No module cache: reloading a TypeScript config sees the file as it is now
-  // (`.js`/`.mjs` files go through Node's native ESM loader, which caches per
-  // process). No filesystem cache: loading must not write anywhere.
-  const jiti = createJiti(file, { moduleCache: false, fsCache: false, interopDefault: false });
   let mod: unknown;
   try {
-    mod = await jiti.import(file);
+    if (file.endsWith(".mjs") || (opts.nativeTypeScript === true && /\.m?ts$/.test(file))) {
+      mod = await import(pathToFileURL(file).href);
+    } else {
+      // No module cache: reloading a TypeScript config sees the file as it is
+      // now (`.js` files go through Node's native ESM loader, which caches per
+      // process). No filesystem cache: loading must not write anywhere. Loaded
+      // only when needed (it is a large module).
+      const { createJiti } = await import("jiti");
+      const jiti = createJiti(file, { moduleCache: false, fsCache: false, interopDefault: false });
+      mod = await jiti.import(file);
+    }
   } catch (err) {
     // Errors thrown by defineAgent & co. inside the file come from the config's
     // own copy of this package, so they are recognised by message, not class.

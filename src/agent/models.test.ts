@@ -39,6 +39,34 @@ describe("resolveModel()", () => {
     );
   });
 
+  it("resolves provider models lazily, reporting what the SDK's own model reports", async () => {
+    const { createOpenAI } = await import("@ai-sdk/openai");
+    const { createAnthropic } = await import("@ai-sdk/anthropic");
+    const { createOpenAICompatible } = await import("@ai-sdk/openai-compatible");
+    const pairs = [
+      [
+        resolveModel("openai:gpt-4o-mini", { openai: { apiKey: "k" } }),
+        createOpenAI({ apiKey: "k" })("gpt-4o-mini"),
+      ],
+      [
+        resolveModel("anthropic:claude-sonnet-4-5", { anthropic: { apiKey: "k" } }),
+        createAnthropic({ apiKey: "k" })("claude-sonnet-4-5"),
+      ],
+      [
+        resolveModel("compatible:llama3.1", {
+          compatible: { baseURL: "http://127.0.0.1:1/v1", name: "ollama" },
+        }),
+        createOpenAICompatible({ name: "ollama", baseURL: "http://127.0.0.1:1/v1" }).chatModel("llama3.1"),
+      ],
+    ] as const;
+    for (const [lazy, real] of pairs) {
+      expect(lazy.specificationVersion).toBe(real.specificationVersion);
+      expect(lazy.provider).toBe(real.provider);
+      expect(lazy.modelId).toBe(real.modelId);
+      expect(await lazy.supportedUrls).toEqual(await real.supportedUrls);
+    }
+  });
+
   it("lists the valid providers for an unknown one", () => {
     const e = errorOf(() => resolveModel("mistral:large", {}));
     expect(e.message).toContain('"openai", "anthropic", "compatible", "scripted"');

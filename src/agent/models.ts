@@ -2,13 +2,12 @@
  * Model resolution: `provider:model` strings (docs/agent-sdk.md#models) to AI SDK language
  * models, and agent tools to the tool schemas a model sees.
  *
- * `resolveModel` is cheap and pure apart from constructing provider clients;
- * callers may resolve once per agent and reuse the instance.
+ * `resolveModel` is cheap and pure: a provider's SDK is imported on the
+ * model's first call, so a process loads only the providers it uses (each
+ * costs start-up time, and a worker's cold start bounds recovery). Callers
+ * may resolve once per agent and reuse the instance.
  */
 import type { LanguageModelV2, LanguageModelV3 } from "@ai-sdk/provider";
-import { createAnthropic } from "@ai-sdk/anthropic";
-import { createOpenAI } from "@ai-sdk/openai";
-import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { tool as aiTool, zodSchema, type ToolSet } from "ai";
 import { CapstanError } from "../errors.js";
 import { builtinScripts, createScriptedModel, type Script } from "./scripted.js";
@@ -68,6 +67,29 @@ export function modelLabel(spec: ModelSpec): string {
 }
 
 /**
+ * A provider's model whose SDK is imported on the first call. `provider` is
+ * the string the real model reports (models.test.ts checks it against the SDK).
+ */
+function lazyModel(provider: string, modelId: string, load: () => Promise<LanguageModelV3>): LanguageModelV3 {
+  let model: Promise<LanguageModelV3> | undefined;
+  const get = (): Promise<LanguageModelV3> =>
+    (model ??= load().catch((err: unknown) => {
+      model = undefined; // a failed import is retried on the next call
+      throw err;
+    }));
+  return {
+    specificationVersion: "v3",
+    provider,
+    modelId,
+    get supportedUrls() {
+      return get().then((m) => m.supportedUrls);
+    },
+    doGenerate: async (options) => (await get()).doGenerate(options),
+    doStream: async (options) => (await get()).doStream(options),
+  };
+}
+
+/**
  * Resolves a model spec to an AI SDK model instance.
  *
  * - `openai:<model>`: OpenAI (Responses API); key/base URL from `providers.openai`.
@@ -97,11 +119,17 @@ export function resolveModel(spec: ModelSpec, providers: ModelProviderSettings =
   switch (provider) {
     case "openai": {
       const s = providers.openai ?? {};
-      return createOpenAI({ apiKey: s.apiKey, baseURL: s.baseURL })(modelId);
+      return lazyModel("openai.responses", modelId, async () => {
+        const { createOpenAI } = await import("@ai-sdk/openai");
+        return createOpenAI({ apiKey: s.apiKey, baseURL: s.baseURL })(modelId);
+      });
     }
     case "anthropic": {
       const s = providers.anthropic ?? {};
-      return createAnthropic({ apiKey: s.apiKey, baseURL: s.baseURL })(modelId);
+      return lazyModel("anthropic.messages", modelId, async () => {
+        const { createAnthropic } = await import("@ai-sdk/anthropic");
+        return createAnthropic({ apiKey: s.apiKey, baseURL: s.baseURL })(modelId);
+      });
     }
     case "compatible": {
       const s = providers.compatible ?? {};
@@ -112,13 +140,18 @@ export function resolveModel(spec: ModelSpec, providers: ModelProviderSettings =
             `in the config file (e.g. "http://127.0.0.1:11434/v1" for Ollama)`,
         );
       }
-      return createOpenAICompatible({
-        name: s.name ?? "compatible",
-        baseURL: s.baseURL,
-        apiKey: s.apiKey,
-        headers: s.headers,
-        includeUsage: true,
-      }).chatModel(modelId);
+      const name = s.name ?? "compatible";
+      const baseURL = s.baseURL;
+      return lazyModel(`${name}.chat`, modelId, async () => {
+        const { createOpenAICompatible } = await import("@ai-sdk/openai-compatible");
+        return createOpenAICompatible({
+          name,
+          baseURL,
+          apiKey: s.apiKey,
+          headers: s.headers,
+          includeUsage: true,
+        }).chatModel(modelId);
+      });
     }
     case "scripted": {
       const script = providers.scripts?.[modelId] ?? builtinScripts[modelId];

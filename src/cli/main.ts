@@ -1,24 +1,29 @@
 #!/usr/bin/env node
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { Command, CommanderError, Option } from "commander";
-import { CapstanError, isCapstanError } from "../errors.js";
+import { Command, Option } from "commander";
+import { CapstanError } from "../errors.js";
 import { findRunForOperator, listRunsForOperator } from "../state/admin.js";
 import { cancelRun } from "../state/scheduler.js";
 import type { RunStatus } from "../state/types.js";
 import { migrate, schemaStatus } from "../state/migrate.js";
 import { createApiKey, ensureTenant, findTenantByName, listApiKeys, revokeApiKey } from "../state/tenants.js";
-import { openRuntime, type Role, type Runtime, type RuntimeOptions } from "./runtime.js";
+import type { Role, Runtime, RuntimeOptions } from "./runtime.js";
 import type { SettingsInput } from "../config/config.js";
 import { chooseDemoModel, demoConfig } from "../agent/demo.js";
 import { modelLabel } from "../agent/models.js";
-import { processMetrics, startIngressRole, startWorkerRole } from "./roles.js";
-import { readStatus, renderStatus } from "./status.js";
+import { runView } from "../ingress/views.js";
+import { readStatus, renderStatus, statusJson } from "./status.js";
 import { devApiKey, devBanner } from "./dev.js";
-import { resolve } from "node:path";
+import { CliError, describeExit, EXIT, EXIT_CODES_HELP } from "./exit.js";
+import { wholeNumber } from "./flags.js";
 
 /**
- * `capstan`: one binary for every role. Exit codes: 0 success, 1 runtime
- * failure (e.g. database unreachable), 2 bad usage or configuration.
+ * `capstan`: one binary for every role. Data (a key, `--json`, the dev
+ * banner) goes to stdout, logs and errors to stderr; exit codes are in
+ * ./exit.ts and in `capstan --help`. The runtime and the roles are imported
+ * when a command needs them: `--help` and `--version` load neither.
  */
 
 interface CommonOpts {
@@ -27,18 +32,35 @@ interface CommonOpts {
 
 const out = (s: string) => process.stdout.write(s + "\n");
 
+/** This package's version (package.json is two levels up from both src/cli and dist/cli). */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+    version?: unknown;
+  };
+  return typeof pkg.version === "string" ? pkg.version : "unknown";
+}
+
+/** `capstan keys create` for the command `create` under `keys`. */
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+  return names.join(" ");
+}
+
 async function withRuntime<T>(
   role: Role,
   opts: CommonOpts & { flags?: SettingsInput; migrate?: boolean; coordination?: boolean } & Pick<
       RuntimeOptions,
-      "fallbackConfig"
+      "fallbackConfig" | "command"
     >,
   fn: (rt: Runtime) => Promise<T>,
 ): Promise<T> {
+  const { openRuntime } = await import("./runtime.js");
   const rt = await openRuntime({
     role,
     cwd: process.cwd(),
     env: process.env,
+    ...(opts.command ? { command: opts.command } : {}),
     ...(opts.config ? { configPath: opts.config } : {}),
     ...(opts.flags ? { flags: opts.flags } : {}),
     ...(opts.migrate !== undefined ? { migrate: opts.migrate } : {}),
@@ -66,49 +88,60 @@ function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-const int = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0)
-    throw new CommanderError(
-      2,
-      "capstan.invalidArgument",
-      `${name} must be a non-negative integer, got "${v}"`,
+/**
+ * Refuse to read a database without this build's schema (a stack trace about
+ * a missing relation otherwise). Commands that migrate at start never get here.
+ */
+async function requireSchema(rt: Runtime): Promise<void> {
+  const s = await schemaStatus(rt.db);
+  if (s.database === 0)
+    throw new CliError(EXIT.noSchema, "the database has no Capstan schema: run `capstan migrate`");
+  if (s.database < s.code)
+    throw new CliError(
+      EXIT.noSchema,
+      `the database schema is version ${s.database}, this build needs ${s.code}: run \`capstan migrate\``,
     );
-  return n;
-};
+}
+
+const port = (flag: string) => wholeNumber(flag, { min: 0, max: 65535 });
 
 export function buildCli(): Command {
+  // The command being run (`capstan keys create`), named to whoever finds the data directory locked.
+  let command = "capstan";
   const program = new Command("capstan")
     .description("Capstan: a horizontally scalable, crash-safe backend for AI agents")
+    .version(packageVersion(), "-V, --version", "print the version")
     .addOption(
       new Option(
         "-c, --config <path>",
         "agent config file (default: capstan.config.ts|.mts|.js|.mjs in the working directory)",
       ),
     )
-    .showHelpAfterError()
-    .exitOverride();
+    .showHelpAfterError("(add --help for usage)")
+    .exitOverride()
+    .addHelpText("after", EXIT_CODES_HELP)
+    .hook("preAction", (_program, action) => {
+      command = commandPath(action);
+    });
+  const common = () => ({ ...program.opts<CommonOpts>(), command });
 
   program
     .command("worker")
     .description("run the reasoning loop for queued runs (needs DATABASE_URL; REDIS_URL for live streams)")
-    .option("--concurrency <n>", "runs executed at once", int("--concurrency"))
+    .option("--concurrency <n>", "runs executed at once", wholeNumber("--concurrency", { min: 1 }))
     .option("--no-migrate", "do not apply pending migrations at start")
     .action(async (o: { concurrency?: number; migrate: boolean }) => {
       const flags: SettingsInput =
         o.concurrency !== undefined ? { worker: { concurrency: o.concurrency } } : {};
-      await withRuntime(
-        "worker",
-        { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
-        async (rt) => {
-          if (rt.agents.size === 0)
-            rt.logger.warn("no agents loaded: add a capstan.config.ts (runs will fail with unknown_agent)");
-          const role = await startWorkerRole(rt, processMetrics(rt, "worker"), { opsServer: true });
-          const sig = await untilSignal();
-          rt.logger.info({ signal: sig }, "stopping worker");
-          await role.stop();
-        },
-      );
+      await withRuntime("worker", { ...common(), flags, migrate: o.migrate }, async (rt) => {
+        if (rt.agents.size === 0)
+          rt.logger.warn("no agents loaded: add a capstan.config.ts (runs will fail with unknown_agent)");
+        const { processMetrics, startWorkerRole } = await import("./roles.js");
+        const role = await startWorkerRole(rt, processMetrics(rt, "worker"), { opsServer: true });
+        const sig = await untilSignal();
+        rt.logger.info({ signal: sig }, "stopping worker");
+        await role.stop();
+      });
     });
 
   program
@@ -116,30 +149,27 @@ export function buildCli(): Command {
     .description(
       "serve the HTTP API and SSE streams (needs DATABASE_URL; REDIS_URL to share limits and streams)",
     )
-    .option("--port <n>", "listen port (env PORT)", int("--port"))
+    .option("--port <n>", "listen port (env PORT)", port("--port"))
     .option("--host <host>", "listen address (env HOST)")
     .option("--no-migrate", "do not apply pending migrations at start")
     .action(async (o: { port?: number; host?: string; migrate: boolean }) => {
       const flags: SettingsInput = {
         http: { ...(o.port !== undefined ? { port: o.port } : {}), ...(o.host ? { host: o.host } : {}) },
       };
-      await withRuntime(
-        "ingress",
-        { ...program.opts<CommonOpts>(), flags, migrate: o.migrate },
-        async (rt) => {
-          const server = await startIngressRole(rt, processMetrics(rt, "ingress"));
-          rt.logger.info({ url: server.url }, "ingress listening");
-          const sig = await untilSignal();
-          rt.logger.info({ signal: sig }, "stopping ingress");
-          await server.close();
-        },
-      );
+      await withRuntime("ingress", { ...common(), flags, migrate: o.migrate }, async (rt) => {
+        const { processMetrics, startIngressRole } = await import("./roles.js");
+        const server = await startIngressRole(rt, processMetrics(rt, "ingress"));
+        rt.logger.info({ url: server.url }, "ingress listening");
+        const sig = await untilSignal();
+        rt.logger.info({ signal: sig }, "stopping ingress");
+        await server.close();
+      });
     });
 
   program
     .command("dev")
     .description("run ingress and worker in one process on embedded PostgreSQL (PGlite) under .capstan/")
-    .option("--port <n>", "listen port (env PORT)", int("--port"))
+    .option("--port <n>", "listen port (env PORT)", port("--port"))
     .option("--data-dir <dir>", "where embedded data lives (env CAPSTAN_DATA_DIR)")
     .action(async (o: { port?: number; dataDir?: string }) => {
       const choice = chooseDemoModel({
@@ -158,8 +188,9 @@ export function buildCli(): Command {
       };
       await withRuntime(
         "dev",
-        { ...program.opts<CommonOpts>(), flags, fallbackConfig: () => demoConfig(choice) },
+        { ...common(), flags, fallbackConfig: () => demoConfig(choice) },
         async (rt) => {
+          const { processMetrics, startIngressRole, startWorkerRole } = await import("./roles.js");
           const metrics = processMetrics(rt, "dev");
           const worker = await startWorkerRole(rt, metrics, { opsServer: false });
           const server = await startIngressRole(rt, metrics);
@@ -188,16 +219,12 @@ export function buildCli(): Command {
     .command("migrate")
     .description("apply pending database migrations (safe to run concurrently)")
     .action(async () => {
-      await withRuntime(
-        "admin",
-        { ...program.opts<CommonOpts>(), migrate: false, coordination: false },
-        async (rt) => {
-          const r = await migrate(rt.db, rt.logger);
-          const s = await schemaStatus(rt.db);
-          out(r.applied.length ? `applied: ${r.applied.join(", ")}` : "nothing to apply");
-          out(`schema version ${s.database} (this build: ${s.code})`);
-        },
-      );
+      await withRuntime("admin", { ...common(), migrate: false, coordination: false }, async (rt) => {
+        const r = await migrate(rt.db, rt.logger);
+        const s = await schemaStatus(rt.db);
+        out(r.applied.length ? `applied: ${r.applied.join(", ")}` : "nothing to apply");
+        out(`schema version ${s.database} (this build: ${s.code})`);
+      });
     });
 
   const keys = program.command("keys").description("manage API keys");
@@ -207,7 +234,7 @@ export function buildCli(): Command {
     .requiredOption("--tenant <name>", "tenant name")
     .option("--name <label>", "a label for the key")
     .action(async (o: { tenant: string; name?: string }) => {
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         const tenant = await ensureTenant(rt.db, o.tenant);
         const { key, info } = await createApiKey(rt.db, tenant.id, o.name);
         out(key);
@@ -221,7 +248,7 @@ export function buildCli(): Command {
     .description("list API keys (never the secrets)")
     .option("--tenant <name>", "only this tenant")
     .action(async (o: { tenant?: string }) => {
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         let tenantId: string | undefined;
         if (o.tenant) {
           // A read: never create the tenant (a typo must not leave one behind).
@@ -240,7 +267,7 @@ export function buildCli(): Command {
     .command("revoke <idOrPrefix>")
     .description("revoke an API key by id or displayed prefix")
     .action(async (idOrPrefix: string) => {
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         const k = await revokeApiKey(rt.db, idOrPrefix);
         out(`revoked ${k.id} (${k.prefix}…)`);
       });
@@ -261,11 +288,9 @@ export function buildCli(): Command {
       ]),
     )
     .option("--tenant <name>", "only this tenant")
-    .option("--limit <n>", "at most this many (1-1000)", int("--limit"), 50)
+    .option("--limit <n>", "at most this many (1-1000)", wholeNumber("--limit", { min: 1, max: 1000 }), 50)
     .action(async (o: { status?: RunStatus; tenant?: string; limit: number }) => {
-      if (o.limit < 1 || o.limit > 1000)
-        throw new CommanderError(2, "capstan.invalidArgument", "--limit must be between 1 and 1000");
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         const list = await listRunsForOperator(rt.db, {
           limit: o.limit,
           ...(o.status ? { status: o.status } : {}),
@@ -280,19 +305,20 @@ export function buildCli(): Command {
     });
   runs
     .command("get <runId>")
-    .description("show one run as JSON")
+    .description("show one run as JSON (the API's run object, plus its tenant)")
     .action(async (runId: string) => {
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         const r = await findRunForOperator(rt.db, runId);
         if (!r) throw new CapstanError("not_found", `run ${runId} not found`);
-        out(JSON.stringify(r, null, 2));
+        // The API's run object (snake_case), and whose run it is.
+        out(JSON.stringify({ ...runView(r), tenant: r.tenantName }, null, 2));
       });
     });
   runs
     .command("cancel <runId>")
     .description("cancel a queued, running or waiting run")
     .action(async (runId: string) => {
-      await withRuntime("admin", { ...program.opts<CommonOpts>(), coordination: false }, async (rt) => {
+      await withRuntime("admin", { ...common(), coordination: false }, async (rt) => {
         const r = await findRunForOperator(rt.db, runId);
         if (!r) throw new CapstanError("not_found", `run ${runId} not found`);
         const { run } = await cancelRun(rt.db, r.tenantId, r.id);
@@ -308,30 +334,27 @@ export function buildCli(): Command {
     .option(
       "--target-per-worker <n>",
       "in-flight runs per worker the rule aims for (default 80% of concurrency)",
-      int("--target-per-worker"),
+      wholeNumber("--target-per-worker", { min: 1 }),
     )
-    .option("--min-workers <n>", "warm pool", int("--min-workers"), 2)
-    .option("--max-workers <n>", "ceiling", int("--max-workers"), 10)
-    .option("--json", "machine-readable output")
+    .option("--min-workers <n>", "warm pool", wholeNumber("--min-workers", { min: 0 }), 2)
+    .option("--max-workers <n>", "ceiling", wholeNumber("--max-workers", { min: 1 }), 10)
+    .option("--json", "machine-readable output (snake_case, like the API)")
     .action(
       async (o: { targetPerWorker?: number; minWorkers: number; maxWorkers: number; json?: boolean }) => {
-        await withRuntime(
-          "admin",
-          { ...program.opts<CommonOpts>(), migrate: false, coordination: false },
-          async (rt) => {
-            const rule = {
-              targetInFlightPerWorker:
-                o.targetPerWorker ?? Math.max(1, Math.floor(0.8 * rt.settings.worker.concurrency)),
-              minWorkers: o.minWorkers,
-              maxWorkers: o.maxWorkers,
-            };
-            out(
-              o.json
-                ? JSON.stringify(await readStatus(rt.db, rule), null, 2)
-                : await renderStatus(rt.db, rule),
-            );
-          },
-        );
+        await withRuntime("admin", { ...common(), migrate: false, coordination: false }, async (rt) => {
+          await requireSchema(rt);
+          const rule = {
+            targetInFlightPerWorker:
+              o.targetPerWorker ?? Math.max(1, Math.floor(0.8 * rt.settings.worker.concurrency)),
+            minWorkers: o.minWorkers,
+            maxWorkers: o.maxWorkers,
+          };
+          out(
+            o.json
+              ? JSON.stringify(statusJson(await readStatus(rt.db, rule)), null, 2)
+              : await renderStatus(rt.db, rule),
+          );
+        });
       },
     );
 
@@ -342,17 +365,11 @@ export async function main(argv: string[]): Promise<number> {
   const program = buildCli();
   try {
     await program.parseAsync(argv);
-    return 0;
+    return EXIT.ok;
   } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (isCapstanError(err)) {
-      process.stderr.write(`capstan: ${err.message}\n`);
-      return err.code === "config_invalid" || err.code === "validation_failed" || err.code === "not_found"
-        ? 2
-        : 1;
-    }
-    process.stderr.write(`capstan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    return 1;
+    const { code, message } = describeExit(err);
+    if (message !== undefined) process.stderr.write(`capstan: ${message}\n`);
+    return code;
   }
 }
 

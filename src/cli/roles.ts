@@ -1,16 +1,28 @@
-import { startIngress, type RunningIngress } from "../ingress/server.js";
+import type { RunningIngress } from "../ingress/server.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
-import { readinessChecks, startOpsServer, type OpsServer } from "../observability/ops-server.js";
+import {
+  PortInUseError,
+  readinessChecks,
+  startOpsServer,
+  type OpsServer,
+  type OpsServerOptions,
+} from "../observability/ops-server.js";
 import { workerMetricsHooks } from "../observability/worker-hooks.js";
 import { createWorker, type Worker, type WorkerDeps } from "../worker/worker.js";
 import { installLeaseGuard } from "../worker/lease-guard.js";
-import { composeWorkerHooks, tracingHooks } from "../observability/tracing-hooks.js";
+import { CliError, EXIT } from "./exit.js";
 import type { Runtime } from "./runtime.js";
 
 /**
  * Starting the roles from an opened Runtime, shared by `capstan ingress`,
  * `capstan worker` and `capstan dev` (one process, one metrics registry).
+ * What only one role needs is imported when that role starts (Fastify for
+ * the ingress, OpenTelemetry when tracing is on): a worker's cold start
+ * bounds how fast runs of a dead worker resume.
  */
+
+/** The worker's ops port when `worker.opsPort` (CAPSTAN_OPS_PORT) is unset. */
+export const DEFAULT_OPS_PORT = 7071;
 
 export function processMetrics(rt: Runtime, role: string): Metrics {
   const metrics = createMetrics({ defaultLabels: { role } });
@@ -24,6 +36,7 @@ export function processMetrics(rt: Runtime, role: string): Metrics {
 }
 
 export async function startIngressRole(rt: Runtime, metrics: Metrics): Promise<RunningIngress> {
+  const { startIngress } = await import("../ingress/server.js");
   const perMinute = rt.settings.http.rateLimitPerMinute;
   return startIngress({
     db: rt.db,
@@ -43,14 +56,47 @@ export async function startIngressRole(rt: Runtime, metrics: Metrics): Promise<R
 }
 
 /** The worker's observability hooks: metrics, plus tracing (and its run scope) when it is on. */
-function workerHooks(rt: Runtime, metrics: Metrics): Pick<WorkerDeps, "hooks" | "runScope"> {
+async function workerHooks(rt: Runtime, metrics: Metrics): Promise<Pick<WorkerDeps, "hooks" | "runScope">> {
   const hooks = workerMetricsHooks(metrics, {
     agents: rt.agents.keys(),
     concurrency: rt.settings.worker.concurrency,
   });
   if (!rt.tracing) return { hooks };
+  const { composeWorkerHooks, tracingHooks } = await import("../observability/tracing-hooks.js");
   const traced = tracingHooks(rt.tracing);
   return { hooks: composeWorkerHooks(hooks, traced.hooks), runScope: traced.runScope };
+}
+
+/**
+ * The ops server on `worker.opsPort`. Set explicitly, a port in use stops the
+ * worker (exit code 3) naming the setting; unset, the default port in use
+ * (several workers on one host) falls back to a free port, logged.
+ */
+async function startWorkerOps(
+  rt: Runtime,
+  opts: Omit<OpsServerOptions, "host" | "port">,
+): Promise<OpsServer> {
+  const host = rt.settings.http.host;
+  const explicit = rt.settings.worker.opsPort;
+  try {
+    return await startOpsServer({ ...opts, host, port: explicit ?? DEFAULT_OPS_PORT });
+  } catch (err) {
+    if (!(err instanceof PortInUseError)) throw err;
+    if (explicit !== undefined)
+      throw new CliError(
+        EXIT.busy,
+        `the worker ops port ${host}:${explicit} is in use by another process: ` +
+          "set CAPSTAN_OPS_PORT (or worker.opsPort) to a free port, or to 0 for any free port",
+        { cause: err },
+      );
+  }
+  const ops = await startOpsServer({ ...opts, host, port: 0 });
+  rt.logger.warn(
+    { url: ops.url, port: ops.port },
+    `the default ops port ${DEFAULT_OPS_PORT} is in use (another worker on this host?): ` +
+      `serving /healthz, /readyz and /metrics on port ${ops.port} instead; set CAPSTAN_OPS_PORT to choose`,
+  );
+  return ops;
 }
 
 export interface WorkerRole {
@@ -68,9 +114,7 @@ export async function startWorkerRole(
   let warm = false;
   let draining = false;
   const ops = opts.opsServer
-    ? await startOpsServer({
-        host: rt.settings.http.host,
-        port: rt.settings.worker.opsPort,
+    ? await startWorkerOps(rt, {
         metrics,
         logger: rt.logger,
         readiness: readinessChecks({
@@ -92,7 +136,7 @@ export async function startWorkerRole(
     logger: rt.logger,
     // Budgets, provider limits, caches and memory recall: without them a worker process runs uncontrolled.
     services: { ...rt.services, leaseGuard },
-    ...workerHooks(rt, metrics),
+    ...(await workerHooks(rt, metrics)),
   });
   await worker.start();
   warm = true;

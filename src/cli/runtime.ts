@@ -1,4 +1,3 @@
-import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
 import { loadConfigFile } from "../agent/loader.js";
 import { resolveModel, toolSchemas } from "../agent/models.js";
@@ -21,9 +20,13 @@ import { createBudgetGuard } from "../cost/budget.js";
 import { createProviderLimiter } from "../cost/provider-limits.js";
 import { createLlmCache, createToolCache } from "../cost/cache.js";
 import { validateCacheConfig } from "../cost/cache-config.js";
-import { createTracing, type Tracing } from "../observability/tracing.js";
+import type { Tracing } from "../observability/tracing.js";
+import { lockDataDir, type DataDirLock } from "./data-lock.js";
 
 export type Role = "dev" | "ingress" | "worker" | "admin";
+
+/** This file is TypeScript: the process runs from source, under a loader (tsx) that imports TypeScript. */
+const RUNNING_FROM_SOURCE = import.meta.url.endsWith(".ts");
 
 export interface RuntimeOptions {
   role: Role;
@@ -37,6 +40,8 @@ export interface RuntimeOptions {
   coordination?: boolean;
   /** The config to use when no config file exists (`capstan dev`: the demo agent). */
   fallbackConfig?: () => CapstanConfig;
+  /** What this process runs, e.g. `capstan keys create`: named to whoever finds the data directory locked. */
+  command?: string;
 }
 
 /** Everything a process role needs, opened once from resolved configuration. */
@@ -115,7 +120,10 @@ export function loadAgents(
 }
 
 export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
-  const config = (await loadConfigFile(opts.configPath, opts.cwd)) ?? opts.fallbackConfig?.() ?? null;
+  const config =
+    (await loadConfigFile(opts.configPath, opts.cwd, { nativeTypeScript: RUNNING_FROM_SOURCE })) ??
+    opts.fallbackConfig?.() ??
+    null;
   const settings = resolveSettings({
     file: config?.server,
     env: opts.env,
@@ -124,6 +132,11 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const logger = createLogger({ level: settings.log.level, name: opts.role });
 
   let db: Db;
+  let lock: DataDirLock | undefined;
+  const closeDb = async (): Promise<void> => {
+    await db.close().catch(() => {});
+    lock?.release();
+  };
   if (settings.database.url) {
     db = createPgDb({
       url: settings.database.url,
@@ -145,9 +158,16 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
       );
     }
   } else if (opts.role === "dev" || opts.role === "admin") {
-    const dir = resolve(opts.cwd, settings.dataDir, "pgdata");
-    mkdirSync(dir, { recursive: true });
-    db = await createPgliteDb({ dataDir: dir, logger });
+    // PGlite is single-process: a second process on the same files would lose writes.
+    const dataDir = resolve(opts.cwd, settings.dataDir);
+    lock = lockDataDir(dataDir, opts.command ?? `capstan ${opts.role}`);
+    const dir = resolve(dataDir, "pgdata");
+    try {
+      db = await createPgliteDb({ dataDir: dir, logger });
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
     logger.info({ dataDir: dir }, "using embedded PostgreSQL (PGlite)");
   } else {
     throw new CapstanError(
@@ -160,7 +180,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
   try {
     if (opts.migrate !== false) await migrate(db, logger);
   } catch (err) {
-    await db.close().catch(() => {});
+    await closeDb();
     throw err;
   }
 
@@ -201,7 +221,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     agents = loadAgents(config, opts.env, { db, embedder });
   } catch (err) {
     await coord?.close().catch(() => {});
-    await db.close().catch(() => {});
+    await closeDb();
     throw err;
   }
   const backend = await memoryBackend(db).catch(() => "exact" as const);
@@ -247,9 +267,14 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
     };
   }
 
-  // Last, once nothing above can fail: a failed start leaves no exporter behind.
+  // Last, once nothing above can fail: a failed start leaves no exporter behind. The
+  // OpenTelemetry SDK is loaded only when tracing is on (it costs ~0.2 s of CPU at start).
   const tracing =
-    opts.role === "admin" ? undefined : createTracing(settings.tracing, logger, { role: opts.role });
+    opts.role === "admin" || !settings.tracing.enabled
+      ? undefined
+      : (await import("../observability/tracing.js")).createTracing(settings.tracing, logger, {
+          role: opts.role,
+        });
 
   return {
     services,
@@ -273,6 +298,7 @@ export async function openRuntime(opts: RuntimeOptions): Promise<Runtime> {
         .catch((err: unknown) => logger.warn({ err }, "closing the cost backend failed"));
       await coord?.close().catch((err: unknown) => logger.warn({ err }, "closing coordination failed"));
       await db.close().catch((err: unknown) => logger.warn({ err }, "closing the database failed"));
+      lock?.release();
     },
   };
 }

@@ -105,6 +105,36 @@ export async function readStatus(db: Queryable, opts: StatusOptions): Promise<St
   };
 }
 
+/** `capstan status --json`: the report with the API's snake_case field names. */
+export function statusJson(r: StatusReport): Record<string, unknown> {
+  return {
+    ready: r.ready,
+    blocked: r.blocked,
+    running: r.running,
+    waiting: r.waiting,
+    oldest_ready_age_seconds: r.oldestReadyAgeSeconds,
+    finished_last_minute: r.finishedLastMinute,
+    workers_with_leases: r.workersWithLeases,
+    demand: r.demand,
+    desired_workers: r.desiredWorkers,
+    rule: {
+      target_in_flight_per_worker: r.rule.targetInFlightPerWorker,
+      min_workers: r.rule.minWorkers,
+      max_workers: r.rule.maxWorkers,
+    },
+    groups: r.groups.map((g) => ({
+      agent: g.agent,
+      tenant: g.tenant,
+      max_concurrency: g.maxConcurrency,
+      ready: g.ready,
+      blocked: g.blocked,
+      running: g.running,
+      waiting: g.waiting,
+      oldest_ready_age_seconds: g.oldestReadyAgeSeconds,
+    })),
+  };
+}
+
 export function formatAge(seconds: number | null): string {
   if (seconds === null) return "-";
   if (seconds < 60) return `${seconds.toFixed(1)} s`;

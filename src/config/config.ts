@@ -98,8 +98,12 @@ export const settingsSchema = z
         maxAttempts: posInt.default(3),
         /** SIGTERM: how long in-flight steps may finish before leases are released. */
         shutdownGraceMs: nonNegInt.default(10_000),
-        /** Port of the worker's /healthz, /readyz and /metrics (0: any free port). */
-        opsPort: nonNegInt.max(65535).default(7071),
+        /**
+         * Port of the worker's /healthz, /readyz and /metrics (0: any free port).
+         * Unset: 7071, or any free port (logged) when 7071 is taken; a port set
+         * explicitly that is taken stops the worker.
+         */
+        opsPort: nonNegInt.max(65535).optional(),
       })
       .strict()
       .default({
@@ -108,7 +112,6 @@ export const settingsSchema = z
         pollMs: 2_000,
         maxAttempts: 3,
         shutdownGraceMs: 10_000,
-        opsPort: 7071,
       }),
     retention: z
       .object({

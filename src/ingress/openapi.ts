@@ -49,6 +49,23 @@ function components(entries: Record<string, z.ZodType>, io: "input" | "output"):
 const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
 const json = (name: string): Json => ({ "application/json": { schema: ref(name) } });
 
+/** The `/readyz` body (src/observability/ops-server.ts `readinessBody`), the same for every role. */
+const READINESS: Json = {
+  type: "object",
+  required: ["status", "checks"],
+  properties: {
+    status: { type: "string", enum: ["ready", "not_ready"] },
+    checks: {
+      type: "object",
+      additionalProperties: {
+        type: "object",
+        required: ["ok"],
+        properties: { ok: { type: "boolean" }, detail: { type: "string" } },
+      },
+    },
+  },
+};
+
 const problems = (...statuses: number[]): Json =>
   Object.fromEntries(
     statuses.map((st) => [
@@ -94,28 +111,6 @@ const closing: Json = {
   "503": {
     description: "server_busy: the server is shutting down; retry on another replica",
     content: { "application/problem+json": { schema: ref("Problem") } },
-  },
-};
-
-/** The body of `/readyz`, ready (200) or not (503). */
-const readiness: Json = {
-  "application/json": {
-    schema: {
-      type: "object",
-      required: ["status", "checks"],
-      properties: {
-        status: { enum: ["ready", "unready"] },
-        checks: {
-          type: "object",
-          description: "postgres, schema, coordination, agents (and shutdown while closing)",
-          additionalProperties: {
-            type: "object",
-            required: ["ok"],
-            properties: { ok: { type: "boolean" }, detail: { type: "string" } },
-          },
-        },
-      },
-    },
   },
 };
 
@@ -445,11 +440,11 @@ export function buildOpenApi(): Json {
           summary: "Readiness: Postgres reachable, schema current, coordination reachable, agents loaded",
           security: [],
           responses: {
-            "200": { description: "Ready", content: readiness },
+            "200": { description: "Ready", content: { "application/json": { schema: READINESS } } },
             "503": {
               description:
                 "Not ready (the failing checks say why), or shutting down (then problem+json server_busy)",
-              content: readiness,
+              content: { "application/json": { schema: READINESS } },
             },
           },
         },

@@ -14,19 +14,49 @@ import { schemaStatus, shippedMigrations, type Migration } from "../state/migrat
  * Contracts:
  * - `/healthz` answers 200 whenever the event loop runs: liveness must not
  *   depend on Postgres or Redis, or an outage of those would restart every pod.
- * - `/readyz` answers 200 when every check is `true`, else 503, with the
- *   checks as JSON. It re-evaluates on every call (no restart is ever needed
- *   to become ready again); concurrent probes share one evaluation, and an
- *   evaluation that exceeds `readinessTimeoutMs` answers 503.
+ * - `/readyz` answers 200 when every check is ok, else 503, with the body
+ *   `readinessBody` renders: the same shape as the ingress's `/readyz`. It
+ *   re-evaluates on every call (no restart is ever needed to become ready
+ *   again); concurrent probes share one evaluation, and an evaluation that
+ *   exceeds `readinessTimeoutMs` answers 503.
  * - `/metrics` answers the Prometheus exposition text.
  */
 
-/** A check is `true` when fine; `false` or a string saying what is wrong otherwise. */
-export type CheckResult = boolean | string;
+/** One readiness check: ok, or not with what is wrong. */
+export interface Check {
+  ok: boolean;
+  detail?: string;
+}
 
 export interface Readiness {
   ok: boolean;
-  checks: Record<string, CheckResult>;
+  checks: Record<string, Check>;
+}
+
+/**
+ * The `/readyz` body of every role (worker ops server, ingress, `capstan dev`):
+ * `{"status": "ready" | "not_ready", "checks": {"<name>": {"ok": bool, "detail"?: string}}}`.
+ */
+export function readinessBody(r: Readiness): {
+  status: "ready" | "not_ready";
+  checks: Record<string, Check>;
+} {
+  return { status: r.ok ? "ready" : "not_ready", checks: r.checks };
+}
+
+const pass: Check = { ok: true };
+const fail = (detail: string): Check => ({ ok: false, detail });
+
+/** Thrown by `startOpsServer` when its port is taken (`EADDRINUSE`). */
+export class PortInUseError extends Error {
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    cause: unknown,
+  ) {
+    super(`ops server: cannot listen on ${host}:${port}: the port is in use`, { cause });
+    this.name = "PortInUseError";
+  }
 }
 
 export interface OpsServerOptions {
@@ -70,13 +100,14 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<Readiness>((resolve) => {
       timer = setTimeout(
-        () => resolve({ ok: false, checks: { readiness: `checks did not finish within ${timeoutMs} ms` } }),
+        () =>
+          resolve({ ok: false, checks: { readiness: fail(`checks did not finish within ${timeoutMs} ms`) } }),
         timeoutMs,
       );
     });
     const failed = (err: unknown): Readiness => ({
       ok: false,
-      checks: { readiness: `checks failed: ${errText(err)}` },
+      checks: { readiness: fail(`checks failed: ${errText(err)}`) },
     });
     const run = opts.readiness().catch(failed);
     const p = Promise.race([run, timeout]).finally(() => {
@@ -101,13 +132,7 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
         return;
       case "/readyz": {
         const r = await evaluate();
-        send(
-          res,
-          r.ok ? 200 : 503,
-          JSON_TYPE,
-          JSON.stringify({ status: r.ok ? "ready" : "unready", checks: r.checks }),
-          head,
-        );
+        send(res, r.ok ? 200 : 503, JSON_TYPE, JSON.stringify(readinessBody(r)), head);
         return;
       }
       case "/metrics": {
@@ -140,10 +165,14 @@ export async function startOpsServer(opts: OpsServerOptions): Promise<OpsServer>
   server.maxHeadersCount = 50;
 
   await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error) => {
+    const onError = (err: NodeJS.ErrnoException) => {
       server.removeListener("listening", onListening);
       reject(
-        new Error(`ops server: cannot listen on ${opts.host}:${opts.port}: ${err.message}`, { cause: err }),
+        err.code === "EADDRINUSE"
+          ? new PortInUseError(opts.host, opts.port, err)
+          : new Error(`ops server: cannot listen on ${opts.host}:${opts.port}: ${err.message}`, {
+              cause: err,
+            }),
       );
     };
     const onListening = () => {
@@ -195,9 +224,9 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
- * Readiness as a function for `startOpsServer`. Checks run concurrently,
- * each bounded by `timeoutMs`, on every call: a backend that comes back makes
- * the process ready again on the next probe.
+ * Readiness as a function for `startOpsServer` and the ingress's `/readyz`.
+ * Checks run concurrently, each bounded by `timeoutMs`, on every call: a
+ * backend that comes back makes the process ready again on the next probe.
  *
  * - `postgres`: `SELECT 1` through the process's own pool (the path its work
  *   uses; the pool reconnects by itself once the server is back).
@@ -206,21 +235,22 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  *   upgrade) stays ready: migrations are additive, and failing here would
  *   take every old replica out of service at once.
  * - `coordination`: the backend answers `ping()`.
- * - `warm`, `agents`, `draining`: as described on `ReadinessDeps`.
+ * - `warm`, `agents`, `draining`: as described on `ReadinessDeps` (each only
+ *   when its dependency is given; `draining` only while shutting down).
  */
 export function readinessChecks(deps: ReadinessDeps): () => Promise<Readiness> {
   const timeoutMs = deps.timeoutMs ?? 1_000;
   const shipped = () => (deps.migrations ? Promise.resolve(deps.migrations) : shippedMigrations());
 
   return async () => {
-    const checks: Record<string, CheckResult> = {};
+    const checks: Record<string, Check> = {};
     const tasks: Promise<void>[] = [];
     const db = deps.db;
     if (db) {
       tasks.push(
         within(db.query("SELECT 1"), timeoutMs, "postgres").then(
-          () => void (checks.postgres = true),
-          (err: unknown) => void (checks.postgres = `unreachable: ${errText(err)}`),
+          () => void (checks.postgres = pass),
+          (err: unknown) => void (checks.postgres = fail(`unreachable: ${errText(err)}`)),
         ),
         within(
           shipped().then((m) => schemaStatus(db, m)),
@@ -230,9 +260,11 @@ export function readinessChecks(deps: ReadinessDeps): () => Promise<Readiness> {
           (s) =>
             void (checks.schema =
               s.database >= s.code
-                ? true
-                : `database schema is version ${s.database}, this build needs ${s.code}: run \`capstan migrate\``),
-          (err: unknown) => void (checks.schema = `unknown: ${errText(err)}`),
+                ? pass
+                : fail(
+                    `database schema is version ${s.database}, this build needs ${s.code}: run \`capstan migrate\``,
+                  )),
+          (err: unknown) => void (checks.schema = fail(`unknown: ${errText(err)}`)),
         ),
       );
     }
@@ -240,18 +272,23 @@ export function readinessChecks(deps: ReadinessDeps): () => Promise<Readiness> {
     if (coord) {
       tasks.push(
         within(coord.ping(), timeoutMs, "coordination").then(
-          (ok) => void (checks.coordination = ok ? true : `${coord.kind} coordination unreachable`),
-          (err: unknown) => void (checks.coordination = `${coord.kind} coordination: ${errText(err)}`),
+          (ok) => void (checks.coordination = ok ? pass : fail(`${coord.kind} coordination unreachable`)),
+          (err: unknown) => void (checks.coordination = fail(`${coord.kind} coordination: ${errText(err)}`)),
         ),
       );
     }
     await Promise.all(tasks);
-    if (deps.warm) checks.warm = deps.warm() ? true : "starting: not warm yet";
+    if (deps.warm) checks.warm = deps.warm() ? pass : fail("starting: not warm yet");
     if (deps.agents) {
       const n = deps.agents();
-      checks.agents = n > 0 ? true : "no agents loaded (add a capstan.config.ts)";
+      checks.agents = n > 0 ? pass : fail("no agents loaded (add a capstan.config.ts)");
     }
-    if (deps.draining?.()) checks.draining = "shutting down";
-    return { ok: Object.values(checks).every((c) => c === true), checks };
+    if (deps.draining?.()) checks.draining = fail("shutting down");
+    // Insertion order varies with which backend answered first: answer in a stable order.
+    const ordered: Record<string, Check> = {};
+    for (const k of CHECK_ORDER) if (checks[k]) ordered[k] = checks[k];
+    return { ok: Object.values(ordered).every((c) => c.ok), checks: ordered };
   };
 }
+
+const CHECK_ORDER = ["postgres", "schema", "coordination", "warm", "agents", "draining"] as const;

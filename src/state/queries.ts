@@ -22,8 +22,3 @@ export async function getRunProgress(q: Queryable, runId: string): Promise<RunPr
   const row = r.rows[0];
   return row ? { status: row.status, lastEventId: row.last_event_id } : null;
 }
-
-/** Postgres is reachable and answers (for /readyz). */
-export async function pingDb(q: Queryable): Promise<void> {
-  await q.query("SELECT 1");
-}

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -13,14 +13,16 @@ import { killAll, spawnCapstan, type Proc } from "../support/procs.js";
  */
 
 const dataDir = mkdtempSync(join(tmpdir(), "capstan-dev-"));
+const lockDir = mkdtempSync(join(tmpdir(), "capstan-lock-"));
 const procs: Proc[] = [];
 afterAll(async () => {
   await killAll(procs);
   rmSync(dataDir, { recursive: true, force: true });
+  rmSync(lockDir, { recursive: true, force: true });
 });
 
-async function startDev(): Promise<{ proc: Proc; url: string; key: string }> {
-  const proc = spawnCapstan(["dev", "--port", "0", "--data-dir", dataDir], { CAPSTAN_LOG_LEVEL: "warn" });
+async function startDev(dir = dataDir): Promise<{ proc: Proc; url: string; key: string }> {
+  const proc = spawnCapstan(["dev", "--port", "0", "--data-dir", dir], { CAPSTAN_LOG_LEVEL: "warn" });
   procs.push(proc);
   const banner = await until(
     () => {
@@ -70,4 +72,47 @@ describe("capstan dev", () => {
     expect(done.status).toBe("succeeded");
     expect((await again.threads.messages(thread.id)).data.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
   });
+
+  it("owns its data directory: a second process is refused, the first loses nothing, and neither a clean exit nor SIGKILL leaves it blocked", async () => {
+    const keysCreate = async (tenant: string) => {
+      const p = spawnCapstan(["keys", "create", "--tenant", tenant], { CAPSTAN_DATA_DIR: lockDir });
+      const { code } = await p.exited;
+      return { code, stdout: p.stdout(), stderr: p.stderr(), out: p.output() };
+    };
+    const lockFile = join(lockDir, "capstan.lock");
+    const first = await startDev(lockDir);
+    const client = createClient({ baseUrl: first.url, apiKey: first.key });
+    await client.threads.create({ metadata: { before: true } });
+
+    // A second process on the same files would have been a second writer: refused, and says why.
+    const refused = await keysCreate("x");
+    expect(refused.code, refused.out).toBe(3);
+    expect(refused.stdout).toBe("");
+    expect(refused.stderr).toContain(`capstan dev (pid ${first.proc.child.pid}, since `);
+    expect(refused.stderr).toContain(`is using the data directory ${lockDir}; stop it, or set DATABASE_URL`);
+    // The first loses nothing: its key, its data and its writes still work.
+    const thread = await client.threads.create({ metadata: { after: true } });
+    expect((await client.threads.get(thread.id)).metadata).toEqual({ after: true });
+
+    // A clean exit releases the lock; the second process then succeeds, and its key is kept.
+    first.proc.kill("SIGTERM");
+    expect((await first.proc.exited).code).toBe(0);
+    expect(existsSync(lockFile)).toBe(false);
+    const created = await keysCreate("x");
+    expect(created.code, created.out).toBe(0);
+    expect(created.stdout).toMatch(/^cap_\S+\n$/);
+    const key = created.stdout.trim();
+
+    const second = await startDev(lockDir);
+    const asX = createClient({ baseUrl: second.url, apiKey: key });
+    expect((await asX.threads.create({})).id).toMatch(/^[0-9a-f-]{36}$/);
+    // SIGKILL leaves the lock file behind; its owner is gone, so it does not block.
+    second.proc.kill("SIGKILL");
+    await second.proc.exited;
+    expect(existsSync(lockFile)).toBe(true);
+    const afterKill = await keysCreate("y");
+    expect(afterKill.code, afterKill.out).toBe(0);
+    expect(afterKill.stdout).toMatch(/^cap_\S+\n$/);
+    expect(existsSync(lockFile)).toBe(false);
+  }, 300_000);
 });

@@ -222,7 +222,8 @@ describe("ingress API: the happy paths of docs/http-api.md", () => {
     expect((await call(api.url, "GET", "/healthz")).status).toBe(200);
     const ready = await call(api.url, "GET", "/readyz");
     expect(ready.status).toBe(200);
-    expect(obj(ready.body)).toMatchObject({
+    // The same body as the worker's ops server (src/observability/ops-server.ts readinessBody).
+    expect(obj(ready.body)).toEqual({
       status: "ready",
       checks: {
         postgres: { ok: true },
@@ -278,6 +279,7 @@ describe("ingress API: the happy paths of docs/http-api.md", () => {
     const down = await h.start({ coord: h.deadCoord() });
     const r1 = await call(down.url, "GET", "/readyz");
     expect(r1.status).toBe(503);
+    expect(obj(r1.body).status).toBe("not_ready");
     expect(obj(obj(r1.body).checks).coordination).toMatchObject({ ok: false });
     const noAgents = await h.start({ agentNames: () => [] });
     const r2 = await call(noAgents.url, "GET", "/readyz");

@@ -45,7 +45,7 @@ async function get(
 
 interface ReadyBody {
   status: string;
-  checks: Record<string, boolean | string>;
+  checks: Record<string, { ok: boolean; detail?: string }>;
 }
 const ready = async () => {
   const r = await get("/readyz");
@@ -80,19 +80,20 @@ describe("ops server", () => {
     // Not warm yet: everything else is fine, so only `warm` fails.
     let r = await ready();
     expect(r.status).toBe(503);
+    expect(r.state).toBe("not_ready");
     expect(r.checks).toEqual({
-      postgres: true,
-      schema: true,
-      coordination: true,
-      warm: "starting: not warm yet",
-      agents: true,
+      postgres: { ok: true },
+      schema: { ok: true },
+      coordination: { ok: true },
+      warm: { ok: false, detail: "starting: not warm yet" },
+      agents: { ok: true },
     });
     warm = true;
     r = await ready();
     expect(r).toMatchObject({
       status: 200,
       state: "ready",
-      checks: { postgres: true, schema: true, warm: true },
+      checks: { postgres: { ok: true }, schema: { ok: true }, warm: { ok: true } },
     });
 
     const m = await get("/metrics");
@@ -109,8 +110,9 @@ describe("ops server", () => {
       },
       { what: "/readyz to turn 503 while Postgres is down" },
     );
-    expect(r.checks.postgres).toMatch(/^unreachable/);
-    expect(r.checks.warm).toBe(true);
+    expect(r.checks.postgres?.ok).toBe(false);
+    expect(r.checks.postgres?.detail).toMatch(/^unreachable/);
+    expect(r.checks.warm).toEqual({ ok: true });
     // Liveness does not depend on Postgres; metrics still answer, and say the queue read failed.
     expect((await get("/healthz")).status).toBe(200);
     const down = await get("/metrics");
@@ -126,13 +128,13 @@ describe("ops server", () => {
       },
       { what: "/readyz to turn 200 once Postgres is back" },
     );
-    expect(r.checks).toMatchObject({ postgres: true, schema: true });
+    expect(r.checks).toMatchObject({ postgres: { ok: true }, schema: { ok: true } });
 
     // Coordination down is not ready either.
     coordUp = false;
     r = await ready();
     expect(r.status).toBe(503);
-    expect(r.checks.coordination).toBe("redis coordination unreachable");
+    expect(r.checks.coordination).toEqual({ ok: false, detail: "redis coordination unreachable" });
     coordUp = true;
     expect((await ready()).status).toBe(200);
   });
@@ -142,10 +144,11 @@ describe("ops server", () => {
     const newer = [...shipped, { version: shipped.length + 1, name: "9999_future", sql: "" }];
     const behind = await readinessChecks({ db: t.db, migrations: newer })();
     expect(behind.ok).toBe(false);
-    expect(behind.checks.schema).toMatch(/needs \d+: run `capstan migrate`/);
+    expect(behind.checks.schema?.ok).toBe(false);
+    expect(behind.checks.schema?.detail).toMatch(/needs \d+: run `capstan migrate`/);
     // A newer release already migrated the database (rolling upgrade): old replicas stay in service.
     const ahead = await readinessChecks({ db: t.db, migrations: shipped.slice(0, -1) })();
-    expect(ahead).toEqual({ ok: true, checks: { postgres: true, schema: true } });
+    expect(ahead).toEqual({ ok: true, checks: { postgres: { ok: true }, schema: { ok: true } } });
   });
 
   it("answers in bounded time, single-flights probes, and refuses what it does not serve", async () => {
@@ -165,8 +168,8 @@ describe("ops server", () => {
       const [a, b] = await Promise.all([fetch(server.url + "/readyz"), fetch(server.url + "/readyz")]);
       expect([a.status, b.status]).toEqual([503, 503]);
       expect(await a.json()).toEqual({
-        status: "unready",
-        checks: { readiness: "checks did not finish within 200 ms" },
+        status: "not_ready",
+        checks: { readiness: { ok: false, detail: "checks did not finish within 200 ms" } },
       });
       await b.text();
       expect(calls).toBe(1);
@@ -198,7 +201,13 @@ describe("ops server", () => {
           metrics: createMetrics({ defaultMetrics: false }),
           readiness: async () => ({ ok: true, checks: {} }),
         }),
-      ).rejects.toThrow(`ops server: cannot listen on 127.0.0.1:${first.port}`);
+      ).rejects.toThrow(
+        expect.objectContaining({
+          name: "PortInUseError",
+          port: first.port,
+          message: `ops server: cannot listen on 127.0.0.1:${first.port}: the port is in use`,
+        }),
+      );
     } finally {
       await first.close();
     }

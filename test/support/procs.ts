@@ -5,8 +5,11 @@ export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 export interface Proc {
   child: ChildProcess;
-  /** Everything the process wrote (for failure messages). */
+  /** Everything the process wrote, both streams interleaved (for failure messages). */
   output: () => string;
+  /** What it wrote to stdout alone (data), and to stderr alone (logs, errors). */
+  stdout: () => string;
+  stderr: () => string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   kill(signal?: NodeJS.Signals): void;
 }
@@ -26,18 +29,23 @@ export function spawnCapstan(args: string[], env: Record<string, string | undefi
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
-  const keep = (d: Buffer) => {
+  const streams = { stdout: "", stderr: "" };
+  const keep = (which: keyof typeof streams) => (d: Buffer) => {
     out += d.toString();
     if (out.length > 200_000) out = out.slice(-100_000);
+    streams[which] += d.toString();
+    if (streams[which].length > 200_000) streams[which] = streams[which].slice(-100_000);
   };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
+  child.stdout?.on("data", keep("stdout"));
+  child.stderr?.on("data", keep("stderr"));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on("exit", (code, signal) => resolve({ code, signal })),
   );
   return {
     child,
     output: () => out,
+    stdout: () => streams.stdout,
+    stderr: () => streams.stderr,
     exited,
     kill: (signal = "SIGKILL") => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

@@ -1,7 +1,9 @@
 import type { Logger } from "../logger.js";
 import { CHANNELS } from "./channels.js";
 import type { Db, Unlisten } from "./db.js";
-import { claimRun, reclaimExpired } from "./scheduler.js";
+import { DbConnectionError } from "./pg-errors.js";
+import { claimRun, reclaimExpired, releaseRun } from "./scheduler.js";
+import { leasesOf } from "./write-outcome.js";
 import type { ClaimedRun } from "./types.js";
 
 export interface ClaimerOptions {
@@ -23,6 +25,13 @@ export interface ClaimerOptions {
   onSleep?: () => void;
   /** After each expired-lease sweep, with what it did. */
   onReclaim?: (result: { requeued: number; failed: number }) => void;
+  /**
+   * Ids of the runs the caller holds. When given, a claim whose answer was
+   * lost (the connection died after it was sent) is followed by handing back
+   * every run leased to this worker that it does not hold: one the claim
+   * took without the worker knowing, which would otherwise sit out its lease.
+   */
+  held?: () => Iterable<string>;
 }
 
 export interface Claimer {
@@ -69,10 +78,23 @@ export function createClaimer(opts: ClaimerOptions): Claimer {
       };
     });
 
+  /** Set by a claim of unknown outcome; cleared once the hand-back ran. */
+  let orphansPossible = false;
+
+  async function handBackOrphans(): Promise<void> {
+    const held = new Set(opts.held!());
+    const orphans = (await leasesOf(opts.db, opts.workerId)).filter((l) => !held.has(l.runId));
+    for (const lease of orphans) await releaseRun(opts.db, lease);
+    orphansPossible = false;
+    if (orphans.length)
+      opts.logger.info({ runs: orphans.map((l) => l.runId) }, "handed back runs claimed by a lost answer");
+  }
+
   async function loop(): Promise<void> {
     let backoff = 100;
     while (running) {
       try {
+        if (orphansPossible) await handBackOrphans();
         if (Date.now() - lastReclaim >= reclaimEvery) {
           lastReclaim = Date.now();
           const r = await reclaimExpired(opts.db);
@@ -80,7 +102,14 @@ export function createClaimer(opts: ClaimerOptions): Claimer {
           if (r.requeued.length || r.failed.length) opts.logger.info(r, "reclaimed expired leases");
         }
         while (running && opts.capacity() > 0) {
-          const run = await claimRun(opts.db, { workerId: opts.workerId, leaseMs: opts.leaseMs });
+          let run: ClaimedRun | null;
+          try {
+            run = await claimRun(opts.db, { workerId: opts.workerId, leaseMs: opts.leaseMs });
+          } catch (err) {
+            if (opts.held && err instanceof DbConnectionError && err.outcome === "unknown")
+              orphansPossible = true;
+            throw err;
+          }
           if (!run) break;
           opts.onClaim(run);
         }

@@ -1,5 +1,12 @@
 import pg from "pg";
-import type { Logger } from "../logger.js";
+import { throttledLog, type Logger, type ThrottledLog } from "../logger.js";
+import {
+  DbConnectionError,
+  isConnectionError,
+  isTransientConnectFailure,
+  pgCode,
+  type ConnectionOutcome,
+} from "./pg-errors.js";
 
 /** The one thing SQL functions need: run a parameterised statement. */
 export interface Queryable {
@@ -16,12 +23,17 @@ export interface Queryable {
   ): Promise<pg.QueryResult<R>>;
 }
 
-/** `Queryable.query` over a node-postgres pool or client. */
-function pgQuery(target: pg.Pool | pg.PoolClient, prepared = true): Queryable["query"] {
-  return <R extends pg.QueryResultRow>(text: string, params?: unknown[], opts?: { name?: string }) =>
-    prepared && opts?.name
-      ? target.query<R>({ name: opts.name, text, values: params ?? [] })
-      : target.query<R>(text, params);
+/** Runs one statement on a client, prepared when asked and allowed. */
+function runStatement<R extends pg.QueryResultRow>(
+  client: pg.PoolClient,
+  prepared: boolean,
+  text: string,
+  params: unknown[] | undefined,
+  opts: { name?: string } | undefined,
+): Promise<pg.QueryResult<R>> {
+  return prepared && opts?.name
+    ? client.query<R>({ name: opts.name, text, values: params ?? [] })
+    : client.query<R>(text, params);
 }
 
 export type Unlisten = () => Promise<void>;
@@ -60,45 +72,191 @@ export interface Db extends Queryable {
 }
 
 /**
- * Run `fn` in a transaction. A deadlock or serialization failure rolls the
- * whole transaction back, so it is retried (a few times, with jitter) rather
- * than surfaced: transaction bodies here touch only the database.
+ * How the Db itself retries a connection failure: a few quick tries on fresh
+ * connections, so a terminated session or a restart blip costs milliseconds;
+ * a longer outage surfaces at once as `DbConnectionError` (503 at the API;
+ * the worker's step retries, src/worker/db-retry.ts, wait longer).
  */
-async function runTx<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>, prepared = true): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
+const CONNECTION_RETRY = { tries: 5, baseDelayMs: 10, maxDelayMs: 160, budgetMs: 2_000 };
+
+function retryAllowed(tryNo: number, startedAt: number): boolean {
+  return tryNo < CONNECTION_RETRY.tries && Date.now() - startedAt < CONNECTION_RETRY.budgetMs;
+}
+
+function backoff(tryNo: number): Promise<void> {
+  const cap = Math.min(CONNECTION_RETRY.maxDelayMs, CONNECTION_RETRY.baseDelayMs * 2 ** (tryNo - 1));
+  return new Promise((r) => setTimeout(r, cap / 2 + (Math.random() * cap) / 2));
+}
+
+/**
+ * A checked-out client, watched: the client's own 'error' and 'end' events
+ * are how a broken connection is recognised (a pg error like "Client has
+ * encountered a connection error and is not queryable" carries no code). A
+ * checked-out client has no error listener of the pool's either: without
+ * ours, a server restart mid-transaction would be an unhandled 'error' and
+ * kill the process.
+ */
+interface Checkout {
+  client: pg.PoolClient;
+  /** The connection's failure, once it broke while checked out. */
+  broken(): Error | undefined;
+  /** Back to the pool; a broken connection (or `destroy`) is discarded instead. */
+  release(destroy?: unknown): void;
+}
+
+async function checkout(pool: pg.Pool): Promise<Checkout> {
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (err) {
+    throw isTransientConnectFailure(err) ? new DbConnectionError("not_applied", err) : err;
+  }
+  let broken: Error | undefined;
+  const onError = (err: Error) => (broken ??= err);
+  const onEnd = () => (broken ??= new Error("the connection ended"));
+  client.on("error", onError);
+  client.on("end", onEnd);
+  return {
+    client,
+    broken: () => broken,
+    release(destroy) {
+      client.off("error", onError);
+      client.off("end", onEnd);
+      const reason = broken ?? (destroy === undefined ? undefined : toError(destroy));
+      client.release(reason);
+    },
+  };
+}
+
+function toError(v: unknown): Error {
+  return v instanceof Error ? v : new Error(String(v));
+}
+
+/**
+ * Classify a statement's failure by origin: the connection broke under it
+ * (the client's events), or the server / socket said so (SQLSTATE, errno).
+ */
+function asConnectionError(err: unknown, c: Checkout, outcome: ConnectionOutcome): unknown {
+  if (err instanceof DbConnectionError) return err;
+  return c.broken() !== undefined || isConnectionError(err) ? new DbConnectionError(outcome, err) : err;
+}
+
+/** One statement on its own connection (autocommit). */
+async function queryOnce<R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  prepared: boolean,
+  text: string,
+  params: unknown[] | undefined,
+  opts: { name?: string } | undefined,
+): Promise<pg.QueryResult<R>> {
+  const c = await checkout(pool);
+  let failure: unknown;
+  try {
+    return await runStatement<R>(c.client, prepared, text, params, opts);
+  } catch (err) {
+    // Sent and unanswered: it may have run. (Never sent: the checkout threw.)
+    failure = asConnectionError(err, c, "unknown");
+    throw failure;
+  } finally {
+    c.release(failure instanceof DbConnectionError ? failure : undefined);
+  }
+}
+
+/**
+ * `Db.query`: a statement that certainly did not run is retried on a fresh
+ * connection. One whose outcome is unknown is re-run only inside a READ ONLY
+ * transaction: if it cannot write, its answer is as good as the first; if it
+ * can (PostgreSQL refuses it, 25006), the caller gets the connection error
+ * with `outcome: "unknown"` and must find out itself what happened.
+ */
+function poolQuery(pool: pg.Pool, prepared: boolean): Queryable["query"] {
+  return async <R extends pg.QueryResultRow>(text: string, params?: unknown[], opts?: { name?: string }) => {
+    const startedAt = Date.now();
+    for (let tryNo = 1; ; tryNo++) {
+      try {
+        return await queryOnce<R>(pool, prepared, text, params, opts);
+      } catch (err) {
+        if (!(err instanceof DbConnectionError) || !retryAllowed(tryNo, startedAt)) throw err;
+        if (err.outcome === "unknown") {
+          try {
+            return await runTx(pool, (q) => q.query<R>(text, params, opts), prepared, { readOnly: true });
+          } catch (again) {
+            // A write (refused in READ ONLY), or the re-run lost its connection too: the
+            // first try's outcome is still unknown, and the caller must hear exactly that.
+            throw again instanceof DbConnectionError || pgCode(again) === "25006" ? err : again;
+          }
+        }
+        await backoff(tryNo);
+      }
+    }
+  };
+}
+
+/**
+ * Run `fn` in a transaction. A deadlock or serialization failure rolls the
+ * whole transaction back, and so does a connection lost before COMMIT was
+ * sent (the server ends the session's transaction): both are retried (a few
+ * times, with jitter) rather than surfaced, which is why transaction bodies
+ * must touch only the database. A connection lost during COMMIT is surfaced
+ * as `DbConnectionError` with `outcome: "unknown"`: it may have committed.
+ */
+async function runTx<T>(
+  pool: pg.Pool,
+  fn: (q: Queryable) => Promise<T>,
+  prepared = true,
+  opts: { readOnly?: boolean } = {},
+): Promise<T> {
+  const startedAt = Date.now();
+  for (let tryNo = 1; ; tryNo++) {
     try {
-      return await runTxOnce(pool, fn, prepared);
+      return await runTxOnce(pool, fn, prepared, opts.readOnly ?? false);
     } catch (err) {
-      const code = (err as { code?: unknown } | null)?.code;
-      if (attempt >= 4 || (code !== "40P01" && code !== "40001")) throw err;
-      await new Promise((r) => setTimeout(r, Math.random() * 20 * attempt));
+      if (err instanceof DbConnectionError) {
+        if (err.outcome === "unknown" || !retryAllowed(tryNo, startedAt)) throw err;
+        await backoff(tryNo);
+        continue;
+      }
+      const code = pgCode(err);
+      if (tryNo >= 4 || (code !== "40P01" && code !== "40001")) throw err;
+      await new Promise((r) => setTimeout(r, Math.random() * 20 * tryNo));
     }
   }
 }
 
-async function runTxOnce<T>(pool: pg.Pool, fn: (q: Queryable) => Promise<T>, prepared: boolean): Promise<T> {
-  const client = await pool.connect();
-  let broken: unknown;
-  // A checked-out client has no error listener of the pool's: without this one,
-  // a server restart mid-transaction emits an unhandled 'error' and kills the process.
-  const onError = (err: Error) => (broken = err);
-  client.on("error", onError);
+async function runTxOnce<T>(
+  pool: pg.Pool,
+  fn: (q: Queryable) => Promise<T>,
+  prepared: boolean,
+  readOnly: boolean,
+): Promise<T> {
+  const c = await checkout(pool);
+  let destroy: unknown;
+  let commitSent = false;
   try {
-    await client.query("BEGIN");
-    const out = await fn({ query: pgQuery(client, prepared) });
-    await client.query("COMMIT");
+    await c.client.query(readOnly ? "BEGIN READ ONLY" : "BEGIN");
+    const out = await fn({
+      query: <R extends pg.QueryResultRow>(text: string, params?: unknown[], o?: { name?: string }) =>
+        runStatement<R>(c.client, prepared, text, params, o),
+    });
+    // Broken already: COMMIT would not even be sent, and the server has rolled back.
+    commitSent = c.broken() === undefined;
+    await c.client.query("COMMIT");
     return out;
   } catch (err) {
+    const failure = asConnectionError(err, c, commitSent ? "unknown" : "not_applied");
+    if (failure instanceof DbConnectionError) {
+      destroy = failure;
+      throw failure;
+    }
     try {
-      await client.query("ROLLBACK");
+      await c.client.query("ROLLBACK");
     } catch (rollbackErr) {
-      broken = rollbackErr;
+      // A connection whose rollback failed is in an unknown state: destroy it.
+      destroy = rollbackErr;
     }
     throw err;
   } finally {
-    // A connection whose rollback failed is in an unknown state: destroy it.
-    client.off("error", onError);
-    client.release(broken instanceof Error ? broken : undefined);
+    c.release(destroy);
   }
 }
 
@@ -123,18 +281,25 @@ export function createPgDb(opts: PgDbOptions): Db {
     application_name: opts.applicationName ?? "capstan",
     types,
   });
-  // An idle client erroring (server restart) must not crash the process.
-  pool.on("error", (err) => opts.logger.warn({ err }, "postgres pool client error"));
+  // An idle client erroring (server restart, a terminated session) must not crash the
+  // process; a restart errors every idle client at once, hence the throttle.
+  const idleErrors = throttledLog(opts.logger, "warn", "postgres pool client error (idle connection lost)", {
+    intervalMs: 10_000,
+  });
+  pool.on("error", (err) => idleErrors.log({ err }));
+  const listenLost = throttledLog(opts.logger, "warn", "LISTEN connection lost; reconnecting", {
+    intervalMs: 10_000,
+  });
   const prepared = opts.preparedStatements ?? true;
 
   const listeners = new Set<{ close(): Promise<void> }>();
 
   return {
     kind: "postgres",
-    query: pgQuery(pool, prepared),
+    query: poolQuery(pool, prepared),
     tx: (fn) => runTx(pool, fn, prepared),
     async listen(channel, onNotify, onReconnect) {
-      const l = startPgListener(opts, channel, onNotify, onReconnect);
+      const l = startPgListener(opts, listenLost, channel, onNotify, onReconnect);
       listeners.add(l);
       await l.ready;
       return async () => {
@@ -146,6 +311,8 @@ export function createPgDb(opts: PgDbOptions): Db {
     async close() {
       await Promise.all([...listeners].map((l) => l.close()));
       await pool.end();
+      idleErrors.flush();
+      listenLost.flush();
     },
   };
 }
@@ -157,6 +324,7 @@ export function createPgDb(opts: PgDbOptions): Db {
  */
 function startPgListener(
   opts: PgDbOptions,
+  lost: ThrottledLog,
   channel: string,
   onNotify: (payload: string) => void,
   onReconnect?: () => void,
@@ -180,7 +348,7 @@ function startPgListener(
     const onLost = (err?: unknown) => {
       if (closed || client !== c) return;
       client = undefined;
-      opts.logger.warn({ err, channel }, "LISTEN connection lost; reconnecting");
+      lost.log({ err, channel });
       c.removeAllListeners();
       c.on("error", () => {});
       void c.end().catch(() => {});
@@ -257,7 +425,7 @@ export async function createPgliteDb(opts: PgliteDbOptions): Promise<Db> {
   pool.on("error", (err) => opts.logger.warn({ err }, "pglite pool error"));
   return {
     kind: "pglite",
-    query: pgQuery(pool),
+    query: poolQuery(pool, true),
     tx: (fn) => runTx(pool, fn),
     async listen(channel, onNotify) {
       const unlisten = await lite.listen(channel, onNotify);

@@ -26,7 +26,7 @@ import {
   type ContextPlan,
 } from "../agent/context.js";
 import { modelLabel } from "../agent/models.js";
-import { appendLlmStep } from "../state/journal.js";
+import { writeLlmStep } from "./run-writes.js";
 import { MAX_SUMMARY_BYTES, type ThreadSummary } from "../state/summaries.js";
 import type { Message, Step } from "../state/types.js";
 import { meteredCall } from "./metered-call.js";
@@ -118,9 +118,8 @@ export async function boundHistory(
           output_tokens: result.usage.outputTokens,
         };
         await ctx.publisher.coarse(
-          await appendLlmStep(
-            ctx.db,
-            ctx.run.lease,
+          await writeLlmStep(
+            ctx,
             {
               stepNo,
               model: modelLabel(ctx.agent.def.model),

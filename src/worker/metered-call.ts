@@ -85,7 +85,9 @@ export async function meteredCall(ctx: RunContext, input: MeteredCallInput): Pro
       onRetry: (info) => {
         ctx.hooks.onModelRetry?.({ status: info.status });
         if (info.status === 429 && cost) void cost.limiter.cooldown(label, info.delayMs);
-        ctx.logger.warn({ stepNo: input.stepNo, ...info }, "model call failed; retrying");
+        // `retry`, not `attempt`: the run logger's bindings carry the run's attempt.
+        const { attempt: retry, ...rest } = info;
+        ctx.logger.warn({ stepNo: input.stepNo, retry, ...rest }, "model call failed; retrying");
         input.onRetry?.(info);
       },
     });

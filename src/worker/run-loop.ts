@@ -3,8 +3,7 @@ import type { AgentDefinition } from "../agent/types.js";
 import { LeaseLostError, type RunErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Db } from "../state/db.js";
-import { appendEvents, appendLlmStep, readJournal } from "../state/journal.js";
-import { finishRun, releaseRun, suspendRun } from "../state/scheduler.js";
+import { readJournal } from "../state/journal.js";
 import { readHistory } from "../state/threads.js";
 import { latestSummary } from "../state/summaries.js";
 import { boundHistory, isSummaryStep, type BoundedHistory } from "./context-step.js";
@@ -17,7 +16,15 @@ import { recallForPrompt, renderRecalled } from "../agent/memory-tools.js";
 import { memoryNamespace } from "../agent/memory-namespace.js";
 import type { RunServices } from "./services.js";
 import { isCapstanError } from "../errors.js";
-import { isConnectionError } from "../state/pg-errors.js";
+import { isDbOutage } from "./db-retry.js";
+import {
+  readRetried,
+  writeFinish,
+  writeLlmStep,
+  writeRelease,
+  writeRunStarted,
+  writeSuspend,
+} from "./run-writes.js";
 import type { RunPublisher } from "./publisher.js";
 import { runToolStep, type ToolStepResult } from "./tool-step.js";
 import { modelLabel } from "../agent/models.js";
@@ -42,8 +49,6 @@ export interface RunContext {
   logger: Logger;
   workerId: string;
   retry?: RetryPolicy;
-  /** How often streamed text is flushed to the event stream as one delta. */
-  deltaFlushMs: number;
   hooks: Partial<WorkerMetricsHooks>;
   services: RunServices;
   /**
@@ -72,19 +77,21 @@ class RunFailure extends Error {
  */
 export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
   const { db, run, publisher } = ctx;
-  const lease = run.lease;
   try {
     const upto = run.inputSeq ?? undefined;
     // With bounded context, history before the latest summary is never read.
-    const summary = ctx.agent.def.context ? await latestSummary(db, run.threadId, upto) : null;
-    const [history, steps] = await Promise.all([
-      readHistory(db, run.threadId, upto, summary?.toSeq),
-      readJournal(db, run.id),
-    ]);
+    const { summary, history, steps } = await readRetried(ctx, "run state", async () => {
+      const summary = ctx.agent.def.context ? await latestSummary(db, run.threadId, upto) : null;
+      const [history, steps] = await Promise.all([
+        readHistory(db, run.threadId, upto, summary?.toSeq),
+        readJournal(db, run.id),
+      ]);
+      return { summary, history, steps };
+    });
     const context: BoundedHistory | null = ctx.agent.def.context ? { history, summary } : null;
     const journal = new Map<number, Step>(steps.map((s) => [s.stepNo, s]));
     await publisher.coarse(
-      await appendEvents(db, lease, [
+      await writeRunStarted(ctx, [
         { type: "run.started", data: { run_id: run.id, attempt: run.attempts, worker_id: ctx.workerId } },
       ]),
     );
@@ -147,9 +154,7 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
 
       if (response.toolCalls.length === 0) {
         await publisher.drain();
-        await publisher.coarse(
-          await finishRun(db, lease, run.threadId, { status: "succeeded", messages: produced }),
-        );
+        await publisher.coarse(await writeFinish(ctx, { status: "succeeded", messages: produced }));
         return "succeeded";
       }
       if (stepNo + response.toolCalls.length > limits.maxSteps) {
@@ -168,7 +173,7 @@ export async function executeRun(ctx: RunContext): Promise<RunOutcome> {
       const results = settled.map((s) => (s as PromiseFulfilledResult<ToolStepResult>).value);
       const wait = results.find((r) => r.kind === "wait");
       if (wait?.kind === "wait") {
-        await publisher.coarse(await suspendRun(db, lease, wait.wait));
+        await publisher.coarse(await writeSuspend(ctx, wait.wait));
         return "waiting";
       }
       const tm = toolMessage(
@@ -213,7 +218,7 @@ async function withWallTime<T>(
 
 async function handOff(ctx: RunContext): Promise<RunOutcome> {
   await ctx.publisher.drain();
-  await releaseRun(ctx.db, ctx.run.lease);
+  await writeRelease(ctx);
   ctx.logger.info("run handed off (shutdown)");
   return "released";
 }
@@ -230,10 +235,10 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
     runError = { code: err.code as RunErrorCode, message: err.message, ...(err.details ?? {}) };
   } else if (err instanceof ModelError)
     runError = { code: "model_error", message: err.message, ...(err.status ? { status: err.status } : {}) };
-  else if (isTransient(err)) {
-    // The database (or network) is gone: write nothing; the lease expires and
-    // another worker resumes from the journal.
-    ctx.logger.warn({ err }, "run interrupted by an infrastructure error; leaving it to lease expiry");
+  else if (isDbOutage(err)) {
+    // The database stayed unreachable through the step's retries: write
+    // nothing; the lease expires and another worker resumes from the journal.
+    ctx.logger.warn({ err }, "run interrupted by a database outage; leaving it to lease expiry");
     return "aborted";
   } else {
     ctx.logger.error({ err }, "run failed with an unexpected error");
@@ -241,19 +246,15 @@ async function handleRunError(ctx: RunContext, err: unknown): Promise<RunOutcome
   }
   try {
     await ctx.publisher.drain();
-    await ctx.publisher.coarse(
-      await finishRun(ctx.db, ctx.run.lease, ctx.run.threadId, { status: "failed", error: runError }),
-    );
+    await ctx.publisher.coarse(await writeFinish(ctx, { status: "failed", error: runError }));
+    // Bindings carry runId, tenantId, attempt and workerId.
+    ctx.logger.warn({ error: runError }, "run failed");
     return "failed";
   } catch (finishErr) {
     if (!(finishErr instanceof LeaseLostError))
       ctx.logger.warn({ err: finishErr }, "could not record the run's failure");
     return "aborted";
   }
-}
-
-function isTransient(err: unknown): boolean {
-  return isCapstanError(err, "database_unavailable") || isConnectionError(err);
 }
 
 function describe(v: unknown): string {
@@ -303,9 +304,8 @@ async function llmStep(
     ];
     await publisher.drain();
     await publisher.coarse(
-      await appendLlmStep(
-        ctx.db,
-        run.lease,
+      await writeLlmStep(
+        ctx,
         {
           stepNo,
           model: label,
@@ -337,15 +337,6 @@ async function llmStep(
   }
 
   // 2. Budget, provider capacity and the call itself (src/worker/metered-call.ts).
-  let buffer = "";
-  let timer: NodeJS.Timeout | undefined;
-  const flush = () => {
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-    if (!buffer) return;
-    void publisher.ephemeral("message.delta", { run_id: run.id, step_no: stepNo, text: buffer });
-    buffer = "";
-  };
   try {
     const result = await meteredCall(ctx, {
       stepNo,
@@ -356,16 +347,13 @@ async function llmStep(
       ...(agent.def.maxOutputTokens !== undefined ? { maxOutputTokens: agent.def.maxOutputTokens } : {}),
       deadline,
       signal,
-      onDelta: (text) => {
-        buffer += text;
-        timer ??= setTimeout(flush, ctx.deltaFlushMs);
-      },
+      onDelta: (text) => publisher.delta(stepNo, text),
       onRetry: (info) => {
-        flush();
+        publisher.flushText();
         void publisher.ephemeral("message.reset", { run_id: run.id, step_no: stepNo, ...info });
       },
       commit: async (r) => {
-        flush();
+        publisher.flushText();
         await journal(r.response, r.usage);
       },
     });
@@ -386,7 +374,8 @@ async function llmStep(
     }
     throw err;
   } finally {
-    if (timer) clearTimeout(timer);
+    // A call that failed for good: its unsent partial text is not worth sending.
+    publisher.dropText();
   }
 }
 

@@ -1,9 +1,9 @@
 import type { ToolDefinition } from "../agent/types.js";
 import { LeaseLostError, type StepErrorCode } from "../errors.js";
-import { appendPureToolStep, recordToolIntent, recordToolOutcome } from "../state/journal.js";
 import type { NewEvent, Step, StepError } from "../state/types.js";
 import { outcomeOfStep, type ToolOutcome } from "./messages.js";
 import type { RunContext } from "./run-loop.js";
+import { writePureToolStep, writeToolIntent, writeToolOutcome } from "./run-writes.js";
 
 export type ToolStepResult =
   { kind: "done"; outcome: ToolOutcome } | { kind: "wait"; wait: Record<string, unknown> };
@@ -108,7 +108,7 @@ async function execute(
     args: unknown;
   },
 ): Promise<ToolStepResult> {
-  const { run, db, publisher } = ctx;
+  const { run, publisher } = ctx;
   const startEvent: NewEvent = {
     type: "tool.started",
     data: {
@@ -119,7 +119,7 @@ async function execute(
       args: step.args,
     },
   };
-  await publisher.coarse(await recordToolIntent(db, run.lease, step, [startEvent]));
+  await publisher.coarse(await writeToolIntent(ctx, step, [startEvent]));
   // The intent is committed, but this process may have been paused since (GC, SIGSTOP, a frozen
   // VM) past its lease: another worker may own the step by now and a human may have approved a
   // re-run. PostgreSQL fences our writes, not the tool's effect, so never start one then.
@@ -180,11 +180,12 @@ async function execute(
       : `${step.toolName} failed: ${err instanceof Error ? err.message : String(err)}`;
     error = { code: timeout.aborted ? "tool_timeout" : "tool_error", message };
     outcome = { ok: false, error: message };
+    // The model sees the failure and may carry on; the operator should see it too.
+    ctx.logger.warn({ stepNo: step.stepNo, tool: step.toolName, error }, "tool call failed");
   }
   await publisher.coarse(
-    await recordToolOutcome(
-      db,
-      run.lease,
+    await writeToolOutcome(
+      ctx,
       {
         stepNo: step.stepNo,
         status: error ? "failed" : "completed",
@@ -221,19 +222,18 @@ async function recordRefusal(
   message: string,
   hasIntent = false,
 ): Promise<ToolStepResult> {
-  const { run, db, publisher } = ctx;
+  const { run, publisher } = ctx;
   const outcome: ToolOutcome = { ok: false, error: message };
   const events = completedEvents(run.id, step, outcome);
   const error = { code, message };
   if (hasIntent) {
     await publisher.coarse(
-      await recordToolOutcome(db, run.lease, { stepNo: step.stepNo, status: "failed", error }, events),
+      await writeToolOutcome(ctx, { stepNo: step.stepNo, status: "failed", error }, events),
     );
   } else {
     await publisher.coarse(
-      await appendPureToolStep(
-        db,
-        run.lease,
+      await writePureToolStep(
+        ctx,
         { ...step, effect: step.effect ?? "pure", args, status: "failed", error, startedAt: new Date() },
         events,
       ),

@@ -3,15 +3,17 @@ import { randomBytes } from "node:crypto";
 import type { Coordination } from "../coord/types.js";
 import { heartbeatMs, type Settings } from "../config/config.js";
 import { LeaseLostError } from "../errors.js";
-import type { Logger } from "../logger.js";
+import { throttledLog, type Logger } from "../logger.js";
 import { CHANNELS } from "../state/channels.js";
 import { createClaimer, type Claimer } from "../state/claimer.js";
 import type { Db, Unlisten } from "../state/db.js";
-import { finishRun, heartbeat, pruneFinished, releaseRun } from "../state/scheduler.js";
+import { heartbeat, pruneFinished, releaseRun } from "../state/scheduler.js";
 import { expireMemories } from "../state/memories.js";
-import type { ClaimedRun } from "../state/types.js";
+import type { ClaimedRun, RunError } from "../state/types.js";
 import type { RetryPolicy } from "./model-call.js";
-import { RunPublisher } from "./publisher.js";
+import { PUBLISH_FAILED, RunPublisher } from "./publisher.js";
+import { withDbRetry } from "./db-retry.js";
+import { writeFinish } from "./run-writes.js";
 import type { RunServices } from "./services.js";
 import { executeRun, type LoadedAgent, type RunOutcome } from "./run-loop.js";
 import type { WorkerMetricsHooks } from "../observability/worker-hooks.js";
@@ -78,6 +80,11 @@ export function createWorker(deps: WorkerDeps): Worker {
   let unlistenControl: Unlisten | undefined;
 
   const abortRun = (runId: string, reason: Error) => active.get(runId)?.controller.abort(reason);
+  // One Redis outage fails every delta publish of every run: a few lines with counts, not thousands.
+  const publishFailures = throttledLog(logger, "warn", PUBLISH_FAILED, { intervalMs: 10_000 });
+  // Heartbeat retries stop at shutdown.
+  const beatStop = new AbortController();
+  const beatSignal = beatStop.signal;
   const leaseMs = settings.worker.leaseMs;
   // The claim's lease started before the claim's answer arrived: keep a margin.
   const leaseMargin = Math.max(200, Math.floor(leaseMs / 5));
@@ -111,17 +118,18 @@ export function createWorker(deps: WorkerDeps): Worker {
       let outcome: RunOutcome = "aborted";
       try {
         const agent = deps.agents.get(run.agent);
-        const publisher = new RunPublisher(deps.coord.events, run.id, run.lastEventId, runLogger);
+        const publisher = new RunPublisher(deps.coord.events, run.id, run.lastEventId, runLogger, {
+          deltaFlushMs: 25,
+          publishFailures,
+        });
         if (!agent) {
-          await publisher.coarse(
-            await finishRun(db, run.lease, run.threadId, {
-              status: "failed",
-              error: {
-                code: "unknown_agent",
-                message: `no agent named "${run.agent}" is loaded on this worker`,
-              },
-            }),
-          );
+          const error: RunError = {
+            code: "unknown_agent",
+            message: `no agent named "${run.agent}" is loaded on this worker`,
+          };
+          const scope = { db, run, publisher, signal: controller.signal, logger: runLogger };
+          await publisher.coarse(await writeFinish(scope, { status: "failed", error }));
+          runLogger.warn({ error }, "run failed");
           outcome = "failed";
           return;
         }
@@ -134,7 +142,6 @@ export function createWorker(deps: WorkerDeps): Worker {
           draining: () => draining,
           logger: runLogger,
           workerId: id,
-          deltaFlushMs: 25,
           hooks: deps.hooks ?? {},
           services: deps.services ?? {},
           leaseValid: () => monotonic() < entry.leaseDeadline,
@@ -161,7 +168,10 @@ export function createWorker(deps: WorkerDeps): Worker {
     // The database extends each lease to (its now) + leaseMs, which is after this instant.
     const sentAt = monotonic();
     try {
-      const held = await heartbeat(db, leases, settings.worker.leaseMs);
+      // Idempotent: re-run on a fresh connection at once rather than a heartbeat period later.
+      const held = await withDbRetry({ signal: beatSignal, logger }, "heartbeat", () =>
+        heartbeat(db, leases, settings.worker.leaseMs),
+      );
       for (const l of leases) {
         if (!held.has(l.runId)) abortRun(l.runId, new LeaseLostError(l.runId, l.epoch));
         else {
@@ -192,6 +202,7 @@ export function createWorker(deps: WorkerDeps): Worker {
         pollMs: settings.worker.pollMs,
         capacity: () => (draining ? 0 : settings.worker.concurrency - active.size),
         onClaim: startRun,
+        held: () => active.keys(),
         logger,
         ...(deps.hooks?.onLeaseReclaim ? { onReclaim: deps.hooks.onLeaseReclaim } : {}),
       });
@@ -247,9 +258,11 @@ export function createWorker(deps: WorkerDeps): Worker {
         await Promise.race([all(), new Promise((r) => setTimeout(r, 1_000))]);
       }
       stopped = true; // a heartbeat in flight now does not schedule another
+      beatStop.abort(new Error("worker stopped"));
       if (hbTimer) clearTimeout(hbTimer);
       if (watchdog) clearInterval(watchdog);
       await unlistenControl?.();
+      publishFailures.flush();
       logger.info("worker stopped");
     },
   };

@@ -11,7 +11,7 @@ export const EXIT = {
   failure: 1,
   /** Bad usage or configuration: a flag, a setting, the config file, a name that does not exist. */
   usage: 2,
-  /** Something this process needs is held by another: the embedded data directory, the ops port. */
+  /** Something this process needs is held by another: the embedded data directory, a port. */
   busy: 3,
   /** The database has no (or an older) Capstan schema: run `capstan migrate`. */
   noSchema: 4,
@@ -24,7 +24,7 @@ Exit codes:
   0  success
   1  runtime failure (e.g. PostgreSQL unreachable)
   2  bad usage or configuration (a flag, a setting, the config file, an unknown name)
-  3  busy: another process holds the embedded data directory or the ops port
+  3  busy: another process holds the embedded data directory or a port
   4  the database has no Capstan schema: run \`capstan migrate\``;
 
 /** An error the CLI reports as its message alone, with its own exit code. */

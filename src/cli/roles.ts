@@ -38,20 +38,28 @@ export function processMetrics(rt: Runtime, role: string): Metrics {
 export async function startIngressRole(rt: Runtime, metrics: Metrics): Promise<RunningIngress> {
   const { startIngress } = await import("../ingress/server.js");
   const perMinute = rt.settings.http.rateLimitPerMinute;
+  const { host, port } = rt.settings.http;
   return startIngress({
     db: rt.db,
     coord: rt.coord!,
     settings: rt.settings,
     logger: rt.logger,
     agentNames: () => [...rt.agents.keys()],
-    host: rt.settings.http.host,
-    port: rt.settings.http.port,
+    host,
+    port,
     metrics,
     rateLimit: perMinute > 0 ? { points: perMinute, durationMs: 60_000 } : false,
     redisFailurePolicy: rt.settings.redis.failurePolicy,
     embedder: rt.embedder,
     prices: rt.config?.models?.prices,
     ...(rt.tracing ? { tracing: rt.tracing } : {}),
+  }).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException | null)?.code !== "EADDRINUSE") throw err;
+    throw new CliError(
+      EXIT.busy,
+      `the HTTP port ${host}:${port} is in use by another process: set PORT (or --port) to a free port`,
+      { cause: err },
+    );
   });
 }
 

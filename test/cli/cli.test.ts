@@ -216,6 +216,21 @@ describe("capstan CLI", () => {
     }
   });
 
+  it("a taken HTTP port stops the ingress naming PORT (exit code 3)", async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      const r = await cli(["ingress"], { DATABASE_URL: t.url, PORT: String(port) });
+      expect(r.code, r.out).toBe(3);
+      expect(messages(r.stderr)).toEqual([
+        `capstan: the HTTP port 127.0.0.1:${port} is in use by another process: set PORT (or --port) to a free port`,
+      ]);
+    } finally {
+      taken.close();
+    }
+  });
+
   it("the worker ops port: unset, a taken 7071 falls back to a free port, logged", async () => {
     const held = await listen(7071);
     try {

@@ -30,7 +30,7 @@ async function startDev(dir = dataDir): Promise<{ proc: Proc; url: string; key: 
       const m = /running at (http:\/\/\S+)[\s\S]*key:\s+(cap_\S+)/.exec(proc.output());
       return m ? { url: m[1]!, key: m[2]! } : null;
     },
-    { timeoutMs: 60_000, what: "the dev banner" },
+    { timeoutMs: 120_000, what: "the dev banner" },
   );
   return { proc, ...banner };
 }
@@ -71,7 +71,7 @@ describe("capstan dev", () => {
     const done = await again.runs.wait(next.id, { timeout: 30 });
     expect(done.status).toBe("succeeded");
     expect((await again.threads.messages(thread.id)).data.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
-  });
+  }, 180_000); // two starts of embedded PostgreSQL: slow on a loaded 2-core machine
 
   it("owns its data directory: a second process is refused, the first loses nothing, and neither a clean exit nor SIGKILL leaves it blocked", async () => {
     const keysCreate = async (tenant: string) => {

@@ -77,7 +77,7 @@ export interface Db extends Queryable {
  * a longer outage surfaces at once as `DbConnectionError` (503 at the API;
  * the worker's step retries, src/worker/db-retry.ts, wait longer).
  */
-const CONNECTION_RETRY = { tries: 5, baseDelayMs: 10, maxDelayMs: 160, budgetMs: 2_000 };
+const CONNECTION_RETRY = { tries: 10, baseDelayMs: 10, maxDelayMs: 160, budgetMs: 3_000 };
 
 function retryAllowed(tryNo: number, startedAt: number): boolean {
   return tryNo < CONNECTION_RETRY.tries && Date.now() - startedAt < CONNECTION_RETRY.budgetMs;
@@ -104,12 +104,39 @@ interface Checkout {
   release(destroy?: unknown): void;
 }
 
-async function checkout(pool: pg.Pool): Promise<Checkout> {
+/**
+ * Every client of a pool gets a lasting 'error' listener the moment it
+ * connects. pg-pool removes its own listener when it hands a new client out,
+ * before the caller can add one; a session terminated right after its
+ * handshake (the FATAL can arrive in the same packet as ReadyForQuery) would
+ * otherwise be an uncaught 'error' and end the process. The error is kept:
+ * such a client is dead, whatever the pool thinks.
+ */
+interface Conns {
+  pool: pg.Pool;
+  /** Clients whose connection failed (any time since they connected). */
+  lost: WeakMap<pg.Client, Error>;
+}
+
+function guarded(pool: pg.Pool): Conns {
+  const lost = new WeakMap<pg.Client, Error>();
+  pool.on("connect", (client) => {
+    client.on("error", (err) => lost.set(client, err));
+  });
+  return { pool, lost };
+}
+
+async function checkout(conns: Conns): Promise<Checkout> {
   let client: pg.PoolClient;
   try {
-    client = await pool.connect();
+    client = await conns.pool.connect();
   } catch (err) {
     throw isTransientConnectFailure(err) ? new DbConnectionError("not_applied", err) : err;
+  }
+  const dead = conns.lost.get(client);
+  if (dead) {
+    client.release(dead);
+    throw new DbConnectionError("not_applied", dead);
   }
   let broken: Error | undefined;
   const onError = (err: Error) => (broken ??= err);
@@ -143,13 +170,13 @@ function asConnectionError(err: unknown, c: Checkout, outcome: ConnectionOutcome
 
 /** One statement on its own connection (autocommit). */
 async function queryOnce<R extends pg.QueryResultRow>(
-  pool: pg.Pool,
+  conns: Conns,
   prepared: boolean,
   text: string,
   params: unknown[] | undefined,
   opts: { name?: string } | undefined,
 ): Promise<pg.QueryResult<R>> {
-  const c = await checkout(pool);
+  const c = await checkout(conns);
   let failure: unknown;
   try {
     return await runStatement<R>(c.client, prepared, text, params, opts);
@@ -164,28 +191,26 @@ async function queryOnce<R extends pg.QueryResultRow>(
 
 /**
  * `Db.query`: a statement that certainly did not run is retried on a fresh
- * connection. One whose outcome is unknown is re-run only inside a READ ONLY
- * transaction: if it cannot write, its answer is as good as the first; if it
- * can (PostgreSQL refuses it, 25006), the caller gets the connection error
- * with `outcome: "unknown"` and must find out itself what happened.
+ * connection. Once one may have run (outcome unknown), every further try
+ * runs it inside a READ ONLY transaction: if it cannot write, that answer is
+ * as good as the first; if it can (PostgreSQL refuses it, 25006), the caller
+ * gets the first failure, `outcome: "unknown"`, and must find out itself
+ * what happened.
  */
-function poolQuery(pool: pg.Pool, prepared: boolean): Queryable["query"] {
+function poolQuery(conns: Conns, prepared: boolean): Queryable["query"] {
   return async <R extends pg.QueryResultRow>(text: string, params?: unknown[], opts?: { name?: string }) => {
     const startedAt = Date.now();
+    let unknown: DbConnectionError | undefined;
     for (let tryNo = 1; ; tryNo++) {
       try {
-        return await queryOnce<R>(pool, prepared, text, params, opts);
+        if (!unknown) return await queryOnce<R>(conns, prepared, text, params, opts);
+        return await runTxOnce(conns, (q) => q.query<R>(text, params, opts), prepared, true);
       } catch (err) {
-        if (!(err instanceof DbConnectionError) || !retryAllowed(tryNo, startedAt)) throw err;
-        if (err.outcome === "unknown") {
-          try {
-            return await runTx(pool, (q) => q.query<R>(text, params, opts), prepared, { readOnly: true });
-          } catch (again) {
-            // A write (refused in READ ONLY), or the re-run lost its connection too: the
-            // first try's outcome is still unknown, and the caller must hear exactly that.
-            throw again instanceof DbConnectionError || pgCode(again) === "25006" ? err : again;
-          }
-        }
+        if (unknown && pgCode(err) === "25006") throw unknown;
+        if (!(err instanceof DbConnectionError)) throw err;
+        // In READ ONLY, even a lost COMMIT leaves nothing behind: just try again.
+        if (!unknown && err.outcome === "unknown") unknown = err;
+        if (!retryAllowed(tryNo, startedAt)) throw unknown ?? err;
         await backoff(tryNo);
       }
     }
@@ -201,7 +226,7 @@ function poolQuery(pool: pg.Pool, prepared: boolean): Queryable["query"] {
  * as `DbConnectionError` with `outcome: "unknown"`: it may have committed.
  */
 async function runTx<T>(
-  pool: pg.Pool,
+  conns: Conns,
   fn: (q: Queryable) => Promise<T>,
   prepared = true,
   opts: { readOnly?: boolean } = {},
@@ -209,7 +234,7 @@ async function runTx<T>(
   const startedAt = Date.now();
   for (let tryNo = 1; ; tryNo++) {
     try {
-      return await runTxOnce(pool, fn, prepared, opts.readOnly ?? false);
+      return await runTxOnce(conns, fn, prepared, opts.readOnly ?? false);
     } catch (err) {
       if (err instanceof DbConnectionError) {
         if (err.outcome === "unknown" || !retryAllowed(tryNo, startedAt)) throw err;
@@ -224,12 +249,12 @@ async function runTx<T>(
 }
 
 async function runTxOnce<T>(
-  pool: pg.Pool,
+  conns: Conns,
   fn: (q: Queryable) => Promise<T>,
   prepared: boolean,
   readOnly: boolean,
 ): Promise<T> {
-  const c = await checkout(pool);
+  const c = await checkout(conns);
   let destroy: unknown;
   let commitSent = false;
   try {
@@ -281,6 +306,7 @@ export function createPgDb(opts: PgDbOptions): Db {
     application_name: opts.applicationName ?? "capstan",
     types,
   });
+  const conns = guarded(pool);
   // An idle client erroring (server restart, a terminated session) must not crash the
   // process; a restart errors every idle client at once, hence the throttle.
   const idleErrors = throttledLog(opts.logger, "warn", "postgres pool client error (idle connection lost)", {
@@ -296,8 +322,8 @@ export function createPgDb(opts: PgDbOptions): Db {
 
   return {
     kind: "postgres",
-    query: poolQuery(pool, prepared),
-    tx: (fn) => runTx(pool, fn, prepared),
+    query: poolQuery(conns, prepared),
+    tx: (fn) => runTx(conns, fn, prepared),
     async listen(channel, onNotify, onReconnect) {
       const l = startPgListener(opts, listenLost, channel, onNotify, onReconnect);
       listeners.add(l);
@@ -422,11 +448,12 @@ export async function createPgliteDb(opts: PgliteDbOptions): Promise<Db> {
   const { vector } = await import("@electric-sql/pglite-pgvector");
   const lite = await PGlite.create(opts.dataDir, opts.pgvector === false ? {} : { extensions: { vector } });
   const pool = new pg.Pool({ ...createPgConfig(lite), max: 1, types });
+  const conns = guarded(pool);
   pool.on("error", (err) => opts.logger.warn({ err }, "pglite pool error"));
   return {
     kind: "pglite",
-    query: poolQuery(pool, true),
-    tx: (fn) => runTx(pool, fn),
+    query: poolQuery(conns, true),
+    tx: (fn) => runTx(conns, fn),
     async listen(channel, onNotify) {
       const unlisten = await lite.listen(channel, onNotify);
       return async () => {

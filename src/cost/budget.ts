@@ -64,7 +64,8 @@ import { budgetPeriods, usedIn, type BudgetPeriod } from "../state/budgets.js";
 import { readBudgetStatus, utcDay, type BudgetStatus, type TenantBudget } from "../state/usage.js";
 import type { BudgetPeriodSpec, BudgetStore, StoreReserveResult } from "./budget-store.js";
 import { exactEstimate, type TokenEstimate } from "./estimate.js";
-import { abortableSleep, KeyedSlots } from "./util.js";
+import { abortableSleep } from "../abort.js";
+import { KeyedSlots } from "./util.js";
 
 export interface BudgetGuardHooks {
   /** A reservation was refused (`budget_exceeded`). */

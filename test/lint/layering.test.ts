@@ -45,8 +45,8 @@ describe("import layering (no-restricted-imports)", () => {
       'import { CapstanError } from "../errors.js";',
       'import type { Logger } from "../logger.js";',
       'import type { Db } from "./db.js";',
-      'import { sleep } from "../abort.js";',
-      "export type T = [CapstanError, Logger, Db, typeof sleep];",
+      'import { abortableSleep } from "../abort.js";',
+      "export type T = [CapstanError, Logger, Db, typeof abortableSleep];",
       "",
     ].join("\n");
     expect(await layeringErrors("src/state/probe.ts", code)).toEqual([]);

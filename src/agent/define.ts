@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import { z } from "zod";
 import { CapstanError } from "../errors.js";
 import { isLanguageModelInstance, modelLabel, parseModelSpec } from "./models.js";
+import { toolInputJsonSchema } from "./tool-schema.js";
 import { costModelSettings } from "../cost/config.js";
 import { unknownSettingKeys } from "../config/config.js";
 import { keysAt, refuseUnknownKeys, unknownKeyMessage } from "../config/unknown-keys.js";
@@ -463,12 +464,7 @@ function computeAgentVersion(agent: AgentDefinition): string {
     .map((name) => {
       const t = agent.tools[name];
       if (t === undefined) return [name];
-      return [
-        name,
-        t.description,
-        z.toJSONSchema(t.input, { io: "input", unrepresentable: "any" }),
-        t.effect,
-      ];
+      return [name, t.description, toolInputJsonSchema(t.input), t.effect];
     });
   const material = canonicalJson([
     "capstan-agent-v1",

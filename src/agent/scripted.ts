@@ -24,6 +24,7 @@ import type {
   LanguageModelV3ToolResultOutput,
   LanguageModelV3Usage,
 } from "@ai-sdk/provider";
+import { abortableSleep } from "../abort.js";
 
 /** A function tool as offered to the model in one call. */
 export interface ScriptTool {
@@ -85,7 +86,7 @@ export function createScriptedModel(script: Script, opts: ScriptedModelOptions =
   const chunkDelayMs = opts.chunkDelayMs ?? 0;
 
   const answer = async (options: LanguageModelV3CallOptions): Promise<Answer> => {
-    await sleep(delayMs, options.abortSignal);
+    await pause(delayMs, options.abortSignal);
     return computeAnswer(script, options);
   };
 
@@ -126,7 +127,7 @@ export function createScriptedModel(script: Script, opts: ScriptedModelOptions =
           }
           // Pause only before content deltas: metadata and ends are not "tokens".
           if (i > 0 && (part.type === "text-delta" || part.type === "tool-input-delta")) {
-            await sleep(chunkDelayMs, signal);
+            await pause(chunkDelayMs, signal);
           }
           i++;
           controller.enqueue(part);
@@ -285,20 +286,10 @@ export function toolOutputText(output: LanguageModelV3ToolResultOutput): string 
   }
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+/** Waits `ms`, ended by the signal; at 0 (the default delays) it answers without a timer. */
+async function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   signal?.throwIfAborted();
-  if (ms <= 0) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason instanceof Error ? signal.reason : new DOMException("aborted", "AbortError"));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
+  if (ms > 0) await abortableSleep(ms, signal);
 }
 
 /* ---------------------------- built-in scripts ---------------------------- */

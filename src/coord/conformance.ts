@@ -11,6 +11,7 @@
  * be ended by something else (a publish, an abort, close) blocks for longer
  * than the test may run, so if that something does not end it the test fails.
  */
+import { setTimeout as delay } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
 import { isCapstanError } from "../errors.js";
 import type { Coordination, EventStreamOptions, StreamEvent } from "./types.js";
@@ -54,10 +55,6 @@ export async function pollUntil(
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
     await delay(intervalMs);
   }
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 function ev(id: string, type = "test", data: Record<string, unknown> = { id }): StreamEvent {

@@ -60,12 +60,12 @@ import { randomBytes } from "node:crypto";
 import { CapstanError, isCapstanError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Queryable } from "../state/db.js";
+import { budgetPeriods, usedIn, type BudgetPeriod } from "../state/budgets.js";
 import { readBudgetStatus, utcDay, type BudgetStatus, type TenantBudget } from "../state/usage.js";
 import type { BudgetPeriodSpec, BudgetStore, StoreReserveResult } from "./budget-store.js";
 import { exactEstimate, type TokenEstimate } from "./estimate.js";
-import { abortableSleep, KeyedSlots } from "./util.js";
-
-export type BudgetPeriod = "day" | "month";
+import { abortableSleep } from "../abort.js";
+import { KeyedSlots } from "./util.js";
 
 export interface BudgetGuardHooks {
   /** A reservation was refused (`budget_exceeded`). */
@@ -153,32 +153,16 @@ interface Period {
 
 const MAX_CACHED_TENANTS = 10_000;
 
+/** The tenant's budgeted periods now, with their keys in the shared store. */
 function periodsOf(tenantId: string, budget: TenantBudget, nowMs: number): Period[] {
-  const d = new Date(nowMs);
-  const y = d.getUTCFullYear();
-  const m = d.getUTCMonth();
-  const out: Period[] = [];
-  if (budget.daily !== null) {
-    const end = Date.UTC(y, m, d.getUTCDate() + 1);
-    out.push({
-      name: "day",
-      key: `{${tenantId}}:d:${utcDay(nowMs)}`,
-      budget: budget.daily,
-      usedTtlMs: end - nowMs + 3_600_000,
-      resetsAt: new Date(end).toISOString(),
-    });
-  }
-  if (budget.monthly !== null) {
-    const end = Date.UTC(y, m + 1, 1);
-    out.push({
-      name: "month",
-      key: `{${tenantId}}:m:${utcDay(nowMs).slice(0, 7)}`,
-      budget: budget.monthly,
-      usedTtlMs: end - nowMs + 3_600_000,
-      resetsAt: new Date(end).toISOString(),
-    });
-  }
-  return out;
+  const day = utcDay(nowMs);
+  return budgetPeriods(budget, nowMs).map((p) => ({
+    name: p.name,
+    key: p.name === "day" ? `{${tenantId}}:d:${day}` : `{${tenantId}}:m:${day.slice(0, 7)}`,
+    budget: p.budget,
+    usedTtlMs: p.endsAt - nowMs + 3_600_000,
+    resetsAt: p.resetsAt,
+  }));
 }
 
 /** Internal: refused only because of reservations in flight; `reserve` waits and retries. */
@@ -205,7 +189,7 @@ function exceeded(p: Period, used: number, needed: number): CapstanError {
   );
 }
 
-const usedOf = (s: BudgetStatus, p: Period): number => (p.name === "day" ? s.dayUsed : s.monthUsed);
+const usedOf = (s: BudgetStatus, p: Period): number => usedIn(s, p.name);
 
 export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
   const log = opts.logger.child({ component: "cost.budget" });
@@ -477,45 +461,4 @@ export function createBudgetGuard(opts: BudgetGuardOptions): BudgetGuard {
       live.clear();
     },
   };
-}
-
-/* ------------------------------------------------------------------------- */
-/* Ingress: refuse new runs of a tenant whose budget is spent                 */
-/* ------------------------------------------------------------------------- */
-
-export type BudgetVerdict =
-  { over: false } | { over: true; period: BudgetPeriod; budget: number; used: number; resetsAt: string };
-
-/**
- * Is a budget of the tenant used up right now (used ≥ budget, per Postgres)?
- * One query; for the ingress, before a new run is enqueued.
- */
-export async function isOverBudget(
-  q: Queryable,
-  tenantId: string,
-  at: number = Date.now(),
-): Promise<BudgetVerdict> {
-  const s = await readBudgetStatus(q, tenantId, utcDay(at), { onlyIfBudgeted: true });
-  if (!s) return { over: false };
-  for (const p of periodsOf(tenantId, s, at)) {
-    const used = usedOf(s, p);
-    if (used >= p.budget) return { over: true, period: p.name, budget: p.budget, used, resetsAt: p.resetsAt };
-  }
-  return { over: false };
-}
-
-/** Throws `budget_exceeded` (402) when `isOverBudget`. */
-export async function assertWithinBudget(
-  q: Queryable,
-  tenantId: string,
-  at: number = Date.now(),
-): Promise<void> {
-  const v = await isOverBudget(q, tenantId, at);
-  if (!v.over) return;
-  const which = v.period === "day" ? "daily" : "monthly";
-  throw new CapstanError(
-    "budget_exceeded",
-    `the tenant's ${which} token budget of ${v.budget} is used up (${v.used} used); it resets at ${v.resetsAt}`,
-    { details: { period: v.period, budget: v.budget, used: v.used, resetsAt: v.resetsAt } },
-  );
 }

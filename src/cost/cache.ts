@@ -27,8 +27,8 @@
  */
 import { canonicalJson } from "../json.js";
 import { createHash, randomBytes } from "node:crypto";
-import { z } from "zod";
 import { agentVersion } from "../agent/define.js";
+import { toolInputSchemaText } from "../agent/tool-schema.js";
 import { modelLabel } from "../agent/models.js";
 import type { AgentDefinition, ToolDefinition } from "../agent/types.js";
 import type { KvCache } from "../coord/types.js";
@@ -76,20 +76,6 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
 
-const schemaText = new WeakMap<object, string>();
-function inputSchema(t: { input: z.ZodType }): string {
-  let s = schemaText.get(t.input);
-  if (s === undefined) {
-    try {
-      s = canonicalJson(z.toJSONSchema(t.input, { io: "input", unrepresentable: "any" }));
-    } catch {
-      s = "";
-    }
-    schemaText.set(t.input, s);
-  }
-  return s;
-}
-
 /* ------------------------------------------------------------------------- */
 /* LLM response cache                                                         */
 /* ------------------------------------------------------------------------- */
@@ -110,7 +96,7 @@ export function llmCacheKey(input: LlmCacheKeyInput): string {
     .sort()
     .map((name) => {
       const t = a.tools[name]!;
-      return [name, t.description, inputSchema(t)];
+      return [name, t.description, toolInputSchemaText(t.input)];
     });
   const material = canonicalJson([
     "capstan-llm-v1",
@@ -260,7 +246,9 @@ const toolVersions = new WeakMap<object, string>();
 function toolVersion(name: string, t: CacheableTool): string {
   let v = toolVersions.get(t);
   if (v === undefined) {
-    v = sha256(canonicalJson([name, t.description, inputSchema(t), t.cache?.version ?? null])).slice(0, 32);
+    v = sha256(
+      canonicalJson([name, t.description, toolInputSchemaText(t.input), t.cache?.version ?? null]),
+    ).slice(0, 32);
     toolVersions.set(t, v);
   }
   return v;

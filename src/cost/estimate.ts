@@ -12,7 +12,8 @@
  * Both include the output cap, so they hold only if the call really passes
  * `maxOutputTokens` to the provider (the agent's, or DEFAULT_MAX_OUTPUT_TOKENS).
  */
-import { z } from "zod";
+import type { z } from "zod";
+import { toolInputSchemaText } from "../agent/tool-schema.js";
 
 export const DEFAULT_MAX_OUTPUT_TOKENS = 4_096;
 
@@ -40,21 +41,8 @@ export interface EstimableTool {
   input: z.ZodType;
 }
 
-const toolText = new WeakMap<object, string>();
-
 function describeTool(name: string, t: EstimableTool): string {
-  let text = toolText.get(t);
-  if (text === undefined) {
-    let schema: string;
-    try {
-      schema = JSON.stringify(z.toJSONSchema(t.input, { io: "input", unrepresentable: "any" }));
-    } catch {
-      schema = "";
-    }
-    text = `${t.description}\n${schema}`;
-    toolText.set(t, text);
-  }
-  return `${name}\n${text}`;
+  return `${name}\n${t.description}\n${toolInputSchemaText(t.input)}`;
 }
 
 export interface EstimateInput {

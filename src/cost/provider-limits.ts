@@ -32,10 +32,10 @@
  */
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
+import { abortableSleep } from "../abort.js";
 import { CapstanError, isCapstanError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { createMemoryLimitStore, type LimitStore, type WindowRule } from "./limit-store.js";
-import { abortableSleep } from "./util.js";
 
 export const providerLimitSchema = z
   .strictObject({

@@ -1,29 +1,6 @@
-/** Small bounded waiting primitives shared by the cost modules. */
+/** A bounded waiting primitive shared by the cost modules. */
+import { abortReason } from "../abort.js";
 import { CapstanError } from "../errors.js";
-
-function abortReason(signal: AbortSignal): Error {
-  const r: unknown = signal.reason;
-  return r instanceof Error ? r : new Error("aborted", { cause: r });
-}
-
-/** Resolves after `ms`, or rejects with the signal's reason as soon as it aborts. */
-export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(abortReason(signal));
-    const timer = setTimeout(
-      () => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      },
-      Math.max(0, Math.min(ms, 2_147_483_647)),
-    );
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(abortReason(signal!));
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
 
 interface SlotWaiter {
   grant(): void;

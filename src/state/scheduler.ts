@@ -2,7 +2,7 @@ import { CapstanError, LeaseLostError } from "../errors.js";
 import { CHANNELS } from "./channels.js";
 import type { Db, Queryable } from "./db.js";
 import { insertEvents } from "./events.js";
-import { assertWithinBudget } from "../cost/budget.js";
+import { assertWithinBudget } from "./budgets.js";
 import { assertKeyNotStored, lockIdempotencyKey } from "./idempotency.js";
 import { isUniqueViolation } from "./pg-errors.js";
 import { appendMessages, lockThread } from "./threads.js";

@@ -1,4 +1,4 @@
-import { abortableSleep } from "../cost/util.js";
+import { abortableSleep } from "../abort.js";
 import type { Logger } from "../logger.js";
 import { isCapstanError } from "../errors.js";
 import { DbConnectionError, isConnectionError } from "../state/pg-errors.js";

@@ -7,7 +7,7 @@ import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMemoryCoordination } from "../../src/coord/memory.js";
 import type { Coordination } from "../../src/coord/types.js";
-import { assertWithinBudget, isOverBudget } from "../../src/cost/budget.js";
+import { assertWithinBudget, isOverBudget } from "../../src/state/budgets.js";
 import { isCapstanError } from "../../src/errors.js";
 import { createAuthenticator } from "../../src/ingress/auth.js";
 import { problemFor } from "../../src/ingress/problem.js";

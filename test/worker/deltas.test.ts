@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRedisCoordination } from "../../src/coord/redis.js";
+import { createRedisCoordination } from "../../src/coord/redis/index.js";
 import type { Coordination, StreamEvent } from "../../src/coord/types.js";
 import { silentLogger } from "../../src/logger.js";
 import { listEvents } from "../../src/state/events.js";

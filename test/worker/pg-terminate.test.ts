@@ -2,7 +2,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveSettings } from "../../src/config/config.js";
-import { createRedisCoordination } from "../../src/coord/redis.js";
+import { createRedisCoordination } from "../../src/coord/redis/index.js";
 import type { Coordination } from "../../src/coord/types.js";
 import { startIngress, type RunningIngress } from "../../src/ingress/server.js";
 import { silentLogger } from "../../src/logger.js";

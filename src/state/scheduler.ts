@@ -191,8 +191,8 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
  * own run (its trigger fires at commit), so concurrent enqueues of one tenant
  * decide one at a time, whatever thread or replica. Taken as the
  * transaction's last step, the row is held only while it commits; its other
- * takers (direct inserts, at commit) wait for nothing more once they hold it:
- * no lock cycle. A refused enqueue rolls back its run with everything else.
+ * takers (any other move into the pending set, at its commit) wait for nothing
+ * more once they hold it: no lock cycle. A refused enqueue rolls back its run with everything else.
  */
 async function assertPendingCapTx(q: Queryable, tenantId: string, defaultMaxPending: number): Promise<void> {
   // Shard 0's value is the latest one (the upsert waits for the lock and reads past its

@@ -36,7 +36,7 @@ const enqueue = (tenantId: string, threadId: string, extra: Partial<EnqueueInput
 /** The counter and the truth, per tenant. */
 async function counts(tenantId: string): Promise<{ counter: number; actual: number }> {
   const r = await t.db.query<{ counter: number | null; actual: number }>(
-    `SELECT (SELECT pending FROM tenant_pending WHERE tenant_id = $1) AS counter,
+    `SELECT (SELECT sum(pending)::int FROM tenant_pending WHERE tenant_id = $1) AS counter,
             (SELECT count(*)::int FROM runs WHERE tenant_id = $1 AND status IN ('queued', 'running', 'waiting')) AS actual`,
     [tenantId],
   );

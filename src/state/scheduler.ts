@@ -185,24 +185,32 @@ async function enqueueTx(q: Queryable, input: EnqueueInput): Promise<EnqueueResu
 }
 
 /**
- * The pending cap, exact: lock the tenant's row of `tenant_pending` (a count
- * kept by triggers on runs, migration 0006) until commit and check it. The
- * count is the committed one, without this transaction's own run (its
- * trigger fires at commit), so concurrent enqueues of one tenant check one at
- * a time, whatever thread or replica. Taken as the transaction's last step,
- * so the row is held only while it commits; its other takers (runs leaving
- * the pending set, at commit) wait for nothing more once they hold it: no
- * lock cycle. A refused enqueue rolls back its run with everything else.
+ * The pending cap, exact: lock the tenant's increment row of `tenant_pending`
+ * (a count kept by triggers on runs, migration 0006) until commit, then check
+ * the tenant's count. It is the committed count, without this transaction's
+ * own run (its trigger fires at commit), so concurrent enqueues of one tenant
+ * decide one at a time, whatever thread or replica. Taken as the
+ * transaction's last step, the row is held only while it commits; its other
+ * takers (any other move into the pending set, at its commit) wait for nothing
+ * more once they hold it: no lock cycle. A refused enqueue rolls back its run with everything else.
  */
 async function assertPendingCapTx(q: Queryable, tenantId: string, defaultMaxPending: number): Promise<void> {
-  const cap = await q.query<{ pending: number; max_pending: number | null }>(
-    `INSERT INTO tenant_pending AS p (tenant_id) VALUES ($1)
-     ON CONFLICT (tenant_id) DO UPDATE SET pending = p.pending
-     RETURNING pending, (SELECT max_pending FROM tenants WHERE id = $1) AS max_pending`,
+  // Shard 0's value is the latest one (the upsert waits for the lock and reads past its
+  // snapshot); the other shards only ever decrease, so reading them in this statement's
+  // snapshot can only count a run that just left the set: conservative, never over the cap.
+  const cap = await q.query<{ pending: string | number; max_pending: number | null }>(
+    `WITH inc AS (
+       INSERT INTO tenant_pending AS p (tenant_id, shard) VALUES ($1, 0)
+       ON CONFLICT (tenant_id, shard) DO UPDATE SET pending = p.pending
+       RETURNING pending
+     )
+     SELECT (SELECT pending FROM inc) +
+            (SELECT coalesce(sum(pending), 0) FROM tenant_pending WHERE tenant_id = $1 AND shard > 0) AS pending,
+            (SELECT max_pending FROM tenants WHERE id = $1) AS max_pending`,
     [tenantId],
   );
   const limit = cap.rows[0]!.max_pending ?? defaultMaxPending;
-  if (cap.rows[0]!.pending >= limit) {
+  if (Number(cap.rows[0]!.pending) >= limit) {
     throw new CapstanError(
       "too_many_runs",
       `the tenant already has ${limit} queued or active runs; retry later`,

@@ -35,6 +35,9 @@ import { startCluster, type Cluster } from "../../scripts/cluster.js";
 import { CapstanApiError, createClient, type CapstanClient, type FetchLike } from "../../src/client/index.js";
 import { resolveSettings } from "../../src/config/config.js";
 import { compareEventIds } from "../../src/coord/event-id.js";
+import { silentLogger } from "../../src/logger.js";
+import { createPgDb } from "../../src/state/db.js";
+import { createApiKey } from "../../src/state/tenants.js";
 import type { ChaosPlan } from "../fixtures/chaos.config.js";
 import { ROOT } from "../support/procs.js";
 import {
@@ -76,6 +79,11 @@ export interface ChaosOptions {
   faultGapMs: [number, number];
   /** How much longer the load may run when the faults are behind schedule (slow machine). */
   maxExtensionMs: number;
+  /**
+   * API keys the conversations share (conversation i uses key i mod n). The rate limit is the
+   * production one, per key: the long run's load is that of several client applications.
+   */
+  apiKeys: number;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
 }
@@ -90,6 +98,7 @@ export const SHORT: Omit<ChaosOptions, "seed"> = {
   leaseMs: 2_000,
   faultGapMs: [1_500, 3_500],
   maxExtensionMs: 10_000,
+  apiKeys: 1,
 };
 
 export const LONG: Omit<ChaosOptions, "seed"> = {
@@ -102,6 +111,7 @@ export const LONG: Omit<ChaosOptions, "seed"> = {
   leaseMs: 2_000,
   faultGapMs: [2_000, 5_000],
   maxExtensionMs: 30_000,
+  apiKeys: 4,
 };
 
 /* ----------------------------------- rng ---------------------------------- */
@@ -262,6 +272,7 @@ export class ChaosSession {
   private readonly records: RunRecord[] = [];
   private readonly streamRequests = new Map<string, number>();
   private rateLimited = 0;
+  private apiKeys: string[] = [];
   private readonly loadErrors: string[] = [];
   private t0 = 0;
   private disposed: Promise<void> | undefined;
@@ -313,6 +324,7 @@ export class ChaosSession {
         CAPSTAN_DB_POOL_SIZE: "8",
       },
     });
+    this.apiKeys = [this.cluster.apiKey, ...(await this.extraApiKeys(o.apiKeys - 1))];
     this.log(`cluster up: lb ${this.cluster.url}, ingress ${this.cluster.ingressUrls.join(" ")}`);
 
     this.t0 = Date.now();
@@ -375,11 +387,25 @@ export class ChaosSession {
     const rotated = c.ingressUrls.map((_, k) => c.ingressUrls[(thread + k) % c.ingressUrls.length]!);
     return createClient({
       ...(thread % 2 === 0 ? { baseUrl: c.url } : { baseUrls: rotated }),
-      apiKey: c.apiKey,
+      apiKey: this.apiKeys[thread % this.apiKeys.length]!,
       fetch: counting,
       timeoutMs: 15_000,
       stream: { maxRetries: 40, initialDelayMs: 100, maxDelayMs: 2_000 },
     });
+  }
+
+  /** More API keys of the chaos tenant (the cluster made one). */
+  private async extraApiKeys(n: number): Promise<string[]> {
+    if (n <= 0) return [];
+    const db = createPgDb({ url: this.pg!.url("capstan_chaos"), poolSize: 1, logger: silentLogger() });
+    try {
+      const keys: string[] = [];
+      for (let k = 0; k < n; k++)
+        keys.push((await createApiKey(db, this.cluster!.tenantId, `chaos client ${k + 2}`)).key);
+      return keys;
+    } finally {
+      await db.close();
+    }
   }
 
   /** Retry what the client reports as transient (no answer, 429, 5xx), with the same idempotency key. */

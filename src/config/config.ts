@@ -94,7 +94,11 @@ export const settingsSchema = z
         heartbeatMs: posInt.optional(),
         /** Fallback poll when no NOTIFY arrives. */
         pollMs: posInt.default(2_000),
-        /** Claims of one run before it fails for good (crashes, lease losses). */
+        /**
+         * Lost leases in a row (worker crashed, stalled) whose attempt journaled no new
+         * step, before the run fails with `attempts_exhausted`; attempts that made
+         * progress and graceful hand-offs are never counted.
+         */
         maxAttempts: posInt.default(3),
         /** SIGTERM: how long in-flight steps may finish before leases are released. */
         shutdownGraceMs: nonNegInt.default(10_000),

@@ -299,7 +299,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     }),
     leaseReclaims: new Counter({
       name: n("lease_reclaims_total"),
-      help: "Expired leases reclaimed by this process: requeued (attempt + 1) or failed (attempts exhausted)",
+      help: "Expired leases reclaimed by this process: requeued, or failed (attempts exhausted: lost leases in a row without a journaled step)",
       labelNames: ["result"] as const,
       registers,
     }),

@@ -96,7 +96,7 @@ describe("scheduler", () => {
     );
   });
 
-  it("reclaims an expired lease with attempt + 1 and fails the run after the attempt limit", async () => {
+  it("reclaims an expired lease; lost attempts that journal nothing fail the run after the limit", async () => {
     const ten = await tenant();
     const th = await createThread(t.db, ten.id);
     const { run } = await enqueue(ten.id, th.id, "hi", { maxAttempts: 2 });
@@ -105,6 +105,7 @@ describe("scheduler", () => {
     expect(a?.id).toBe(run.id);
     expect(a?.attempts).toBe(1);
     await until(async () => (await reclaimExpired(t.db)).requeued.includes(run.id), { what: "reclaim" });
+    expect((await getRun(t.db, ten.id, run.id)).stalledAttempts).toBe(1);
     const b = await claim("w2", 100);
     expect(b?.id).toBe(run.id);
     expect(b?.attempts).toBe(2);
@@ -112,11 +113,139 @@ describe("scheduler", () => {
     await until(async () => (await reclaimExpired(t.db)).failed.includes(run.id), { what: "exhaustion" });
     const failed = await getRun(t.db, ten.id, run.id);
     expect(failed.status).toBe("failed");
-    expect(failed.error?.code).toBe("attempts_exhausted");
-    expect(failed.error?.message).toMatch(/2 attempts/);
+    expect(failed.error).toMatchObject({
+      code: "attempts_exhausted",
+      step_no: 0,
+      kind: "llm",
+      lost_attempts: 2,
+    });
+    expect(failed.error?.message).toMatch(/2 attempts in a row at step 0 \(llm\)/);
     // The thread is free again: the queued run is promoted and claimable.
     const c = await claim("w3");
     expect(c?.id).toBe(next.run.id);
+  });
+
+  const llmStep = (stepNo: number, toolCalls: { toolName: string }[] = []) => ({
+    stepNo,
+    response: {
+      text: "",
+      toolCalls: toolCalls.map((c, i) => ({ toolCallId: `c${stepNo}.${i}`, input: {}, ...c })),
+      finishReason: toolCalls.length ? "tool-calls" : "stop",
+    },
+    usage: { inputTokens: 1, outputTokens: 1 },
+    startedAt: new Date(),
+  });
+  const intent = (r: ClaimedRun, stepNo: number, toolName: string) =>
+    recordToolIntent(t.db, r.lease, {
+      stepNo,
+      toolName,
+      toolCallId: `c${stepNo}`,
+      effect: "idempotent",
+      idempotencyKey: `${r.id}:${stepNo}`,
+      args: {},
+    });
+  const loseLease = async (runId: string) =>
+    until(async () => (await reclaimExpired(t.db)).requeued.includes(runId), { what: "reclaim" });
+
+  it("a run that journals a step in every attempt survives any number of lost leases", async () => {
+    const ten = await tenant();
+    const th = await createThread(t.db, ten.id);
+    const { run } = await enqueue(ten.id, th.id, "hi", { maxAttempts: 2 });
+    for (let k = 0; k < 6; k++) {
+      const r = (await claim(`w${k}`, 100))!;
+      expect(r.id).toBe(run.id);
+      // One new step per attempt, alternating an LLM step that calls a tool and that tool's intent
+      // and outcome: every kind of journal write counts as progress.
+      if (k % 2 === 0) await appendLlmStep(t.db, r.lease, llmStep(k, [{ toolName: "charge" }]));
+      else {
+        await intent(r, k, "charge");
+        await recordToolOutcome(t.db, r.lease, { stepNo: k, status: "completed", result: {} });
+      }
+      await loseLease(run.id);
+      expect(await getRun(t.db, ten.id, run.id)).toMatchObject({ status: "queued", stalledAttempts: 0 });
+    }
+    const last = (await claim("w-last"))!;
+    expect(last.attempts).toBe(7);
+    await succeed(last);
+    expect((await getRun(t.db, ten.id, run.id)).status).toBe("succeeded");
+  });
+
+  it("a worker that dies in the same tool call each time: the run fails naming that step", async () => {
+    const ten = await tenant();
+    const th = await createThread(t.db, ten.id);
+    const { run } = await enqueue(ten.id, th.id, "hi", { maxAttempts: 3 });
+    // Attempt 1 journals the LLM step and the intent of step 1, then its worker dies: progress.
+    const first = (await claim("w0", 100))!;
+    await appendLlmStep(t.db, first.lease, llmStep(0, [{ toolName: "lookup" }, { toolName: "poison" }]));
+    await recordToolIntent(t.db, first.lease, {
+      stepNo: 1,
+      toolName: "lookup",
+      toolCallId: "c1",
+      effect: "pure",
+      idempotencyKey: `${run.id}:1`,
+      args: {},
+    });
+    await recordToolOutcome(t.db, first.lease, { stepNo: 1, status: "completed", result: {} });
+    await intent(first, 2, "poison");
+    await loseLease(run.id);
+    expect((await getRun(t.db, ten.id, run.id)).stalledAttempts).toBe(0);
+    // Attempts 2 and 3 only re-record the open intent: no progress, charged.
+    for (const k of [1, 2]) {
+      const r = (await claim(`w${k}`, 100))!;
+      await intent(r, 2, "poison");
+      await loseLease(run.id);
+      expect((await getRun(t.db, ten.id, run.id)).stalledAttempts).toBe(k);
+    }
+    const r = (await claim("w3", 100))!;
+    await intent(r, 2, "poison");
+    await until(async () => (await reclaimExpired(t.db)).failed.includes(run.id), { what: "exhaustion" });
+    const failed = await getRun(t.db, ten.id, run.id);
+    expect(failed.status).toBe("failed");
+    expect(failed.attempts).toBe(4);
+    expect(failed.error).toMatchObject({
+      code: "attempts_exhausted",
+      step_no: 2,
+      kind: "tool",
+      tool: "poison",
+      lost_attempts: 3,
+    });
+    expect(failed.error?.message).toMatch(/step 2 \(tool poison\)/);
+  });
+
+  it("a step journaled by the late owner of an expired lease before the sweep counts as progress", async () => {
+    const ten = await tenant();
+    const th = await createThread(t.db, ten.id);
+    const { run } = await enqueue(ten.id, th.id, "hi", { maxAttempts: 1 });
+    const r = (await claim("slow", 100))!;
+    await until(
+      async () => {
+        const x = await t.db.query("SELECT 1 FROM runs WHERE id = $1 AND lease_expires_at < now()", [run.id]);
+        return x.rows.length > 0;
+      },
+      { what: "the lease to expire" },
+    );
+    // Expired but not yet reclaimed: the epoch still holds, the write commits.
+    await appendLlmStep(t.db, r.lease, llmStep(0));
+    expect((await reclaimExpired(t.db)).requeued).toEqual([run.id]);
+    expect(await getRun(t.db, ten.id, run.id)).toMatchObject({ status: "queued", stalledAttempts: 0 });
+  });
+
+  it("graceful hand-offs are never charged; one that made progress clears the lost-attempt count", async () => {
+    const ten = await tenant();
+    const th = await createThread(t.db, ten.id);
+    const { run } = await enqueue(ten.id, th.id, "hi", { maxAttempts: 2 });
+    await claim("dies", 100);
+    await loseLease(run.id);
+    expect((await getRun(t.db, ten.id, run.id)).stalledAttempts).toBe(1);
+    for (let k = 0; k < 4; k++) {
+      const r = (await claim(`drain${k}`))!;
+      expect(await releaseRun(t.db, r.lease)).toBe(true);
+    }
+    expect(await getRun(t.db, ten.id, run.id)).toMatchObject({ stalledAttempts: 1, attempts: 1 });
+    const r = (await claim("drain-after-step"))!;
+    await appendLlmStep(t.db, r.lease, llmStep(0, [{ toolName: "charge" }]));
+    expect(await releaseRun(t.db, r.lease)).toBe(true);
+    expect(await getRun(t.db, ten.id, run.id)).toMatchObject({ status: "queued", stalledAttempts: 0 });
   });
 
   it("refuses writes with a stale epoch and changes nothing", async () => {

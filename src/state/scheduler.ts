@@ -5,6 +5,8 @@ import { insertEvents } from "./events.js";
 import { assertWithinBudget } from "./budgets.js";
 import { assertKeyNotStored, lockIdempotencyKey } from "./idempotency.js";
 import { isUniqueViolation } from "./pg-errors.js";
+import { readJournal } from "./journal.js";
+import { attemptsExhausted, journalProgressSql, stuckStep } from "./progress.js";
 import { appendMessages, lockThread } from "./threads.js";
 import {
   toRun,
@@ -32,11 +34,22 @@ import {
  *   so history reads user/assistant/user/assistant even with queued runs.
  * - Every claim increments `lease_epoch`; a write that presents an older epoch,
  *   or targets a run no longer `running`, is refused (`LeaseLostError`).
+ * - `attempts` counts claims (a graceful hand-off takes its claim back); what
+ *   fails a run with `attempts_exhausted` is `stalled_attempts`, lost leases
+ *   in a row whose attempt journaled nothing new (src/state/progress.ts).
  * - Lock order is thread row, then run rows; claims take run rows with SKIP
  *   LOCKED and never wait on them, so no cycle can form.
  */
 
 const PENDING = "('queued', 'running', 'waiting')";
+
+/**
+ * Whether the run's current attempt journaled progress since its claim
+ * (src/state/progress.ts), in a statement whose run row is the unaliased
+ * table `runs`. A run claimed before `claim_progress` existed counts as
+ * having progressed.
+ */
+const PROGRESSED = `coalesce(${journalProgressSql("runs.id")} > runs.claim_progress, true)`;
 
 export interface EnqueueInput {
   tenantId: string;
@@ -335,7 +348,8 @@ async function claimInTenant(q: Queryable, tenantId: string, opts: ClaimOptions)
      ), u AS (
        UPDATE runs r SET status = 'running', attempts = r.attempts + 1, lease_owner = $2,
          lease_expires_at = now() + make_interval(secs => $3::float8 / 1000),
-         lease_epoch = r.lease_epoch + 1, started_at = coalesce(r.started_at, now()), updated_at = now()
+         lease_epoch = r.lease_epoch + 1, started_at = coalesce(r.started_at, now()), updated_at = now(),
+         claim_progress = ${journalProgressSql("r.id")}
        FROM c WHERE r.id = c.id
        RETURNING r.*
      ), t AS (
@@ -386,13 +400,15 @@ export async function assertLeaseTx(q: Queryable, lease: Lease): Promise<Run> {
 
 /**
  * Graceful hand-off (worker shutdown): the run goes back to the queue at
- * once, without burning an attempt, and the epoch moves so any write still in
- * flight from this worker is fenced.
+ * once, without burning an attempt (`attempts` is taken back, the stall count
+ * is never raised, and reset when this attempt made progress), and the epoch
+ * moves so any write still in flight from this worker is fenced.
  */
 export async function releaseRun(db: Db, lease: Lease): Promise<boolean> {
   const r = await db.query(
     `UPDATE runs SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_owner = NULL,
-       lease_expires_at = NULL, lease_epoch = lease_epoch + 1, queued_at = now(), updated_at = now()
+       lease_expires_at = NULL, lease_epoch = lease_epoch + 1, queued_at = now(), updated_at = now(),
+       stalled_attempts = CASE WHEN ${PROGRESSED} THEN 0 ELSE stalled_attempts END, claim_progress = NULL
      WHERE id = $1 AND lease_epoch = $2 AND status = 'running'`,
     [lease.runId, lease.epoch],
   );
@@ -406,52 +422,77 @@ export interface ReclaimResult {
 }
 
 /**
+ * Put runs whose lease expired back in the queue, with a new epoch (fencing
+ * the old owner at once), unless losing this attempt exhausts the run.
+ * `runs.attempts` counts claims; what is charged is `stalled_attempts`,
+ * the consecutive lost attempts that journaled nothing new: an attempt that
+ * made progress resets it, so worker churn alone never fails a run. The
+ * caller holds the rows (locked by an earlier statement of its transaction:
+ * this statement's snapshot then sees every step their owners committed).
+ * Returns the ids requeued; the others would exhaust their run.
+ */
+async function requeueExpiredTx(q: Queryable, ids: string[]): Promise<string[]> {
+  const r = await q.query<{ id: string }>(
+    `WITH p AS (SELECT runs.id, ${PROGRESSED} AS progressed FROM runs WHERE runs.id = ANY($1::uuid[]))
+     UPDATE runs r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+       lease_epoch = r.lease_epoch + 1, queued_at = now(), updated_at = now(), claim_progress = NULL,
+       stalled_attempts = CASE WHEN p.progressed THEN 0 ELSE r.stalled_attempts + 1 END
+     FROM p WHERE r.id = p.id AND (p.progressed OR r.stalled_attempts + 1 < r.max_attempts)
+     RETURNING r.id`,
+    [ids],
+  );
+  return r.rows.map((x) => x.id);
+}
+
+/**
  * Runs whose lease expired (worker crashed, stalled or partitioned) go back
- * to the queue with a new epoch (fencing the old owner at once); runs that
- * used all their attempts fail with the reason.
+ * to the queue (see `requeueExpiredTx`); a run whose lost attempts made no
+ * progress `max_attempts` times in a row fails with `attempts_exhausted`,
+ * naming the step it never got past.
  */
 export async function reclaimExpired(db: Db, limit = 100): Promise<ReclaimResult> {
   const out: ReclaimResult = { requeued: [], failed: [] };
-  const requeued = await db.query<{ id: string }>(
-    `WITH c AS (
-       SELECT id FROM runs
-       WHERE status = 'running' AND lease_expires_at < now() AND attempts < max_attempts
-       ORDER BY lease_expires_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED
-     )
-     UPDATE runs r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-       lease_epoch = r.lease_epoch + 1, queued_at = now(), updated_at = now()
-     FROM c WHERE r.id = c.id RETURNING r.id`,
-    [limit],
-  );
-  out.requeued = requeued.rows.map((r) => r.id);
-  if (out.requeued.length) await db.query("SELECT pg_notify($1, '')", [CHANNELS.runs]);
-
-  const exhausted = await db.query<{ id: string; thread_id: string }>(
-    `SELECT id, thread_id FROM runs
-     WHERE status = 'running' AND lease_expires_at < now() AND attempts >= max_attempts
-     ORDER BY lease_expires_at LIMIT $1`,
-    [limit],
-  );
-  for (const row of exhausted.rows) {
-    const failed = await db.tx(async (q) => {
+  const exhausted = await db.tx(async (q) => {
+    // SKIP LOCKED: a row held by a (late) fenced write of its owner is left for the next sweep.
+    const expired = await q.query<{ id: string; thread_id: string }>(
+      `SELECT id, thread_id FROM runs WHERE status = 'running' AND lease_expires_at < now()
+       ORDER BY lease_expires_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED`,
+      [limit],
+    );
+    if (expired.rows.length === 0) return [];
+    out.requeued = await requeueExpiredTx(
+      q,
+      expired.rows.map((x) => x.id),
+    );
+    const requeued = new Set(out.requeued);
+    return expired.rows.filter((x) => !requeued.has(x.id));
+  });
+  // Failing a run takes its thread's lock first (lock order: thread, then runs): one transaction each.
+  for (const row of exhausted) {
+    const outcome = await db.tx(async (q) => {
       await lockThread(q, row.thread_id);
-      const still = await q.query<{ attempts: number }>(
-        `SELECT attempts FROM runs WHERE id = $1 AND status = 'running' AND lease_expires_at < now()
+      const still = await q.query<{ stalled_attempts: number }>(
+        `SELECT stalled_attempts FROM runs WHERE id = $1 AND status = 'running' AND lease_expires_at < now()
          FOR UPDATE SKIP LOCKED`,
         [row.id],
       );
-      if (!still.rows[0]) return false;
-      await q.query("UPDATE runs SET lease_epoch = lease_epoch + 1 WHERE id = $1", [row.id]);
+      if (!still.rows[0]) return "gone";
+      // Its owner may have journaled a step since the first look: then it is requeued after all.
+      if ((await requeueExpiredTx(q, [row.id])).length > 0) return "requeued";
+      const step = stuckStep(await readJournal(q, row.id));
+      await q.query(
+        "UPDATE runs SET lease_epoch = lease_epoch + 1, stalled_attempts = stalled_attempts + 1 WHERE id = $1",
+        [row.id],
+      );
       await terminateTx(q, row.id, row.thread_id, "failed", {
-        error: {
-          code: "attempts_exhausted",
-          message: `the run's lease expired on each of its ${still.rows[0].attempts} attempts (worker crashed or stalled)`,
-        },
+        error: attemptsExhausted(step, still.rows[0].stalled_attempts + 1),
       });
-      return true;
+      return "failed";
     });
-    if (failed) out.failed.push(row.id);
+    if (outcome === "failed") out.failed.push(row.id);
+    if (outcome === "requeued") out.requeued.push(row.id);
   }
+  if (out.requeued.length) await db.query("SELECT pg_notify($1, '')", [CHANNELS.runs]);
   return out;
 }
 
@@ -520,7 +561,8 @@ export async function resumeRun(
       });
     }
     const u = await q.query(
-      `UPDATE runs SET status = 'queued', resume = $2, attempts = 0, queued_at = now(), updated_at = now()
+      `UPDATE runs SET status = 'queued', resume = $2, attempts = 0, stalled_attempts = 0, queued_at = now(),
+         updated_at = now()
        WHERE id = $1 RETURNING *`,
       [runId, { ...decision, wait: run.wait }],
     );

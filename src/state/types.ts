@@ -41,8 +41,14 @@ export interface Run {
   status: RunStatus;
   multitask: Multitask;
   priority: number;
+  /** Claims of the run (a graceful hand-off takes its claim back); reset by a resume. */
   attempts: number;
   maxAttempts: number;
+  /**
+   * Lost leases in a row whose attempt journaled nothing new (src/state/progress.ts);
+   * the run fails with `attempts_exhausted` when it reaches `maxAttempts`.
+   */
+  stalledAttempts: number;
   leaseOwner: string | null;
   leaseExpiresAt: Date | null;
   leaseEpoch: number;
@@ -143,6 +149,7 @@ export function toRun(r: Row): Run {
     priority: r.priority as number,
     attempts: r.attempts as number,
     maxAttempts: r.max_attempts as number,
+    stalledAttempts: (r.stalled_attempts as number | undefined) ?? 0,
     leaseOwner: (r.lease_owner as string | null) ?? null,
     leaseExpiresAt: (r.lease_expires_at as Date | null) ?? null,
     leaseEpoch: r.lease_epoch as number,

@@ -62,6 +62,14 @@ interface Active {
    * so no non-pure tool may start, and the run is aborted.
    */
   leaseDeadline: number;
+  /**
+   * Set when the watchdog aborted the run because its lease could not be
+   * confirmed in time (a slow database, a paused process), not because the
+   * lease was found lost: the run is then handed back (`releaseRun`, fenced by
+   * epoch, a no-op if another worker took it), so an infrastructure hiccup
+   * neither waits for lease expiry nor counts against the run's attempts.
+   */
+  unconfirmed?: boolean;
 }
 
 /** A monotonic clock: it keeps running while the process is paused (SIGSTOP, a VM freeze). */
@@ -95,6 +103,7 @@ export function createWorker(deps: WorkerDeps): Worker {
     const now = monotonic();
     for (const a of active.values()) {
       if (now < a.leaseDeadline || a.controller.signal.aborted) continue;
+      a.unconfirmed = true;
       logger.warn(
         { runId: a.run.id, overdueMs: Math.round(now - a.leaseDeadline) },
         "the run's lease may have expired (no successful heartbeat in time; was the process paused?); aborting it locally",
@@ -147,6 +156,14 @@ export function createWorker(deps: WorkerDeps): Worker {
           leaseValid: () => monotonic() < entry.leaseDeadline,
           ...(deps.retry ? { retry: deps.retry } : {}),
         });
+        if (
+          outcome === "aborted" &&
+          entry.unconfirmed &&
+          (await releaseRun(db, run.lease).catch(() => false))
+        ) {
+          runLogger.info("handed the run back: its lease could not be confirmed in time");
+          outcome = "released";
+        }
         await publisher.drain();
       } catch (err) {
         runLogger.error({ err }, "run crashed in the worker");

@@ -7,13 +7,23 @@
  *
  * - runs lost 0 / stuck 0: every acknowledged run exists and is terminal
  *   (waits are resolved by the clients; unknown side-effect outcomes counted);
- * - duplicate effects 0: each idempotency key performed at most once, a
- *   side effect performed at most once per key, and no effect without intent;
+ * - duplicate effects 0, from the raw calls the effects server saw
+ *   (test/chaos/effects.ts): an idempotent key called again only as a retry
+ *   (by a later lease), each idempotent order applied exactly once, a side
+ *   effect sent at most once per key and per order, no effect without intent;
+ * - every run's journal, every step whatever its status, matches the run's
+ *   plan (the tools it names, round by round); a side effect a reviewer
+ *   rejected was never sent, one the journal completed was sent exactly once;
  * - each thread's message seqs are 1..n, each run's messages contiguous and
  *   in run order;
  * - each client saw coarse event ids 1..N (N = the run's persisted events),
  *   and every id it saw (deltas `N.k` included) strictly increasing;
- * - the tokens paid for vs the tokens journaled (wasted by crashes), a figure.
+ * - the tokens paid for vs the tokens journaled (wasted by crashes), and the
+ *   highest attempt count of any run, figures.
+ *
+ * Everything runs at the shipped defaults (attempts, rate limit, poll period)
+ * except the lease, shortened so stalls fit in the window; the clients honour
+ * 429 Retry-After.
  *
  * Reproducible: the fault schedule and every client decision come from the
  * seed (the interleaving with the OS scheduler does not).
@@ -23,7 +33,11 @@ import { setMaxListeners } from "node:events";
 import { resolve } from "node:path";
 import { startCluster, type Cluster } from "../../scripts/cluster.js";
 import { CapstanApiError, createClient, type CapstanClient, type FetchLike } from "../../src/client/index.js";
+import { resolveSettings } from "../../src/config/config.js";
 import { compareEventIds } from "../../src/coord/event-id.js";
+import { silentLogger } from "../../src/logger.js";
+import { createPgDb } from "../../src/state/db.js";
+import { createApiKey } from "../../src/state/tenants.js";
 import type { ChaosPlan } from "../fixtures/chaos.config.js";
 import { ROOT } from "../support/procs.js";
 import {
@@ -32,7 +46,11 @@ import {
   type PrivatePostgres,
   type PrivateRedis,
 } from "../support/private-services.js";
-import { startChaosEffects, type ChaosEffects } from "./effects.js";
+import { effectViolations, startChaosEffects, type ChaosEffects } from "./effects.js";
+import { journalViolations } from "./journal-check.js";
+
+/** The shipped default, in force in the cluster (no override). */
+const DEFAULT_MAX_ATTEMPTS = resolveSettings().worker.maxAttempts;
 
 /** Many sleeps and streams listen on the one abort signal: not a leak. */
 function abortController(): AbortController {
@@ -61,6 +79,11 @@ export interface ChaosOptions {
   faultGapMs: [number, number];
   /** How much longer the load may run when the faults are behind schedule (slow machine). */
   maxExtensionMs: number;
+  /**
+   * API keys the conversations share (conversation i uses key i mod n). The rate limit is the
+   * production one, per key: the long run's load is that of several client applications.
+   */
+  apiKeys: number;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
 }
@@ -75,6 +98,7 @@ export const SHORT: Omit<ChaosOptions, "seed"> = {
   leaseMs: 2_000,
   faultGapMs: [1_500, 3_500],
   maxExtensionMs: 10_000,
+  apiKeys: 1,
 };
 
 export const LONG: Omit<ChaosOptions, "seed"> = {
@@ -87,6 +111,7 @@ export const LONG: Omit<ChaosOptions, "seed"> = {
   leaseMs: 2_000,
   faultGapMs: [2_000, 5_000],
   maxExtensionMs: 30_000,
+  apiKeys: 4,
 };
 
 /* ----------------------------------- rng ---------------------------------- */
@@ -154,6 +179,8 @@ interface RunRecord {
   terminal: string | undefined;
   approvals: number;
   rejections: number;
+  /** Every decision the client sent, by the step it was about. */
+  decisions: Array<{ stepNo: number; reason: string; decision: "approve" | "reject" }>;
   unknownOutcomes: number;
   unknownRejected: number;
   streamGiveUps: number;
@@ -178,11 +205,20 @@ export interface ChaosFigures {
   unknownOutcomes: number;
   unknownResolvedApprove: number;
   unknownResolvedReject: number;
-  idempotentPerformed: number;
+  idempotentApplied: number;
   idempotentRequests: number;
+  /** Idempotent keys called more than once (each a retry by a later lease). */
+  idempotentRetried: number;
   sidePerformed: number;
   pureRequests: number;
   duplicateEffects: number;
+  /** Runs whose journal did not match their plan. */
+  planMismatches: number;
+  /** The highest `attempts` (claims) of any run, and how many runs were claimed more than once. */
+  maxAttempts: number;
+  runsRetried: number;
+  /** Answers 429 the clients got (they waited Retry-After and went on). */
+  rateLimited: number;
   threadsChecked: number;
   messages: number;
   messageGaps: number;
@@ -235,6 +271,8 @@ export class ChaosSession {
   private readonly timeline: FaultEvent[] = [];
   private readonly records: RunRecord[] = [];
   private readonly streamRequests = new Map<string, number>();
+  private rateLimited = 0;
+  private apiKeys: string[] = [];
   private readonly loadErrors: string[] = [];
   private t0 = 0;
   private disposed: Promise<void> | undefined;
@@ -279,14 +317,14 @@ export class ChaosSession {
       onExit: (name, exit, pid) => this.onExit(name, exit, pid),
       env: {
         EFFECTS_URL: this.effects.url,
+        // Defaults everywhere (max attempts, rate limit, poll period) but the lease: a stall
+        // must outlast it within the window.
         CAPSTAN_LEASE_MS: String(o.leaseMs),
-        CAPSTAN_POLL_MS: "250",
         CAPSTAN_SHUTDOWN_GRACE_MS: "500",
-        CAPSTAN_MAX_ATTEMPTS: "25",
-        CAPSTAN_RATE_LIMIT_PER_MINUTE: "1000000",
         CAPSTAN_DB_POOL_SIZE: "8",
       },
     });
+    this.apiKeys = [this.cluster.apiKey, ...(await this.extraApiKeys(o.apiKeys - 1))];
     this.log(`cluster up: lb ${this.cluster.url}, ingress ${this.cluster.ingressUrls.join(" ")}`);
 
     this.t0 = Date.now();
@@ -338,20 +376,36 @@ export class ChaosSession {
 
   private client(thread: number): CapstanClient {
     const c = this.cluster!;
-    const counting: FetchLike = (input, init) => {
+    const counting: FetchLike = async (input, init) => {
       const m = /\/v1\/runs\/([^/]+)\/events/.exec(input);
       if (m?.[1]) this.streamRequests.set(m[1], (this.streamRequests.get(m[1]) ?? 0) + 1);
-      return globalThis.fetch(input, init);
+      const res = await globalThis.fetch(input, init);
+      if (res.status === 429) this.rateLimited++;
+      return res;
     };
     // Even threads go through the load balancer; odd ones rotate over the ingress replicas themselves.
     const rotated = c.ingressUrls.map((_, k) => c.ingressUrls[(thread + k) % c.ingressUrls.length]!);
     return createClient({
       ...(thread % 2 === 0 ? { baseUrl: c.url } : { baseUrls: rotated }),
-      apiKey: c.apiKey,
+      apiKey: this.apiKeys[thread % this.apiKeys.length]!,
       fetch: counting,
       timeoutMs: 15_000,
       stream: { maxRetries: 40, initialDelayMs: 100, maxDelayMs: 2_000 },
     });
+  }
+
+  /** More API keys of the chaos tenant (the cluster made one). */
+  private async extraApiKeys(n: number): Promise<string[]> {
+    if (n <= 0) return [];
+    const db = createPgDb({ url: this.pg!.url("capstan_chaos"), poolSize: 1, logger: silentLogger() });
+    try {
+      const keys: string[] = [];
+      for (let k = 0; k < n; k++)
+        keys.push((await createApiKey(db, this.cluster!.tenantId, `chaos client ${k + 2}`)).key);
+      return keys;
+    } finally {
+      await db.close();
+    }
   }
 
   /** Retry what the client reports as transient (no answer, 429, 5xx), with the same idempotency key. */
@@ -366,7 +420,10 @@ export class ChaosSession {
         if (!transient || Date.now() > deadline || this.abort.signal.aborted) {
           throw new Error(`${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
         }
-        await sleep(Math.min(2_000, 100 * attempt), this.abort.signal);
+        // 429: wait as told (the production rate limit is in force); else back off.
+        const retryAfterMs =
+          err instanceof CapstanApiError && err.retryAfter !== undefined ? err.retryAfter * 1000 : 0;
+        await sleep(Math.max(retryAfterMs, Math.min(2_000, 100 * attempt)), this.abort.signal);
       }
     }
   }
@@ -432,6 +489,7 @@ export class ChaosSession {
             terminal: undefined,
             approvals: 0,
             rejections: 0,
+            decisions: [],
             unknownOutcomes: 0,
             unknownRejected: 0,
             streamGiveUps: 0,
@@ -491,13 +549,13 @@ export class ChaosSession {
     data: Record<string, unknown>,
     r: () => number,
   ): Promise<void> {
-    const wait = (data.wait ?? {}) as { reason?: string; idempotency_key?: string };
+    const wait = (data.wait ?? {}) as { reason?: string; idempotency_key?: string; step_no?: number };
     let decision: "approve" | "reject";
     let input: string | undefined;
     if (wait.reason === "unknown_outcome") {
       // What a human would do: look whether the email went out, then decide.
       rec.unknownOutcomes++;
-      const sent = (this.effects!.performed.side.get(wait.idempotency_key ?? "") ?? 0) > 0;
+      const sent = this.effects!.sent(wait.idempotency_key ?? "") > 0;
       decision = sent ? "reject" : "approve";
       if (sent) {
         rec.unknownRejected++;
@@ -508,6 +566,7 @@ export class ChaosSession {
       decision = r() < 0.15 ? "reject" : "approve";
       if (decision === "reject") rec.rejections++;
     }
+    rec.decisions.push({ stepNo: Number(wait.step_no ?? -1), reason: wait.reason ?? "", decision });
     // A human takes a moment: the stream stays open on a waiting run meanwhile.
     await sleep(between(r, 200, 1_500), this.abort.signal);
     try {
@@ -822,10 +881,11 @@ export class ChaosSession {
         effect: string | null;
         idempotency_key: string | null;
         tool_name: string | null;
+        input: unknown;
         tokens: number | null;
         error: { code?: string } | null;
       }>(
-        `SELECT run_id, step_no, kind, status, effect, idempotency_key, tool_name,
+        `SELECT run_id, step_no, kind, status, effect, idempotency_key, tool_name, input,
                 (coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens, error
            FROM steps ORDER BY run_id, step_no`,
       );
@@ -865,38 +925,37 @@ export class ChaosSession {
       for (const o of orphans)
         v(`run ${o.id} (${o.status}) exists but no client was told about it (duplicate create?)`);
 
-      /* effects */
+      /* effects: the raw calls, then each run's journal against its plan */
       const stepByKey = new Map<string, (typeof steps)[number]>();
       for (const s of steps) if (s.idempotency_key && s.kind === "tool") stepByKey.set(s.idempotency_key, s);
-      let duplicates = 0;
-      for (const [key, n] of fx.performed.side) {
-        if (n > 1) {
-          duplicates++;
-          v(`side effect ${key} performed ${n} times (${this.describeKey(key)})`);
-        }
-      }
-      for (const [key, n] of fx.performed.idem) {
-        if (n > 1) {
-          duplicates++;
-          v(`idempotent effect ${key} performed ${n} times`);
-        }
-      }
+      const raw = effectViolations(fx);
+      for (const x of raw) v(`${x.message} (${this.describeKey(x.subject)})`);
+      const duplicates = raw.length;
       for (const kind of ["idem", "side"] as const) {
         for (const key of fx.requests[kind].keys()) {
           const s = stepByKey.get(key);
           if (!s) v(`${kind} effect with key ${key} has no journaled tool step (effect without intent)`);
         }
       }
-      for (const s of steps) {
-        if (s.kind !== "tool" || !s.idempotency_key || s.status !== "completed") continue;
-        if (s.effect === "idempotent" && (fx.performed.idem.get(s.idempotency_key) ?? 0) !== 1)
-          v(
-            `idempotent step ${s.idempotency_key} completed but its effect was performed ${fx.performed.idem.get(s.idempotency_key) ?? 0} times`,
-          );
-        if (s.effect === "side-effect" && (fx.performed.side.get(s.idempotency_key) ?? 0) !== 1)
-          v(
-            `side-effect step ${s.idempotency_key} completed but was performed ${fx.performed.side.get(s.idempotency_key) ?? 0} times`,
-          );
+      const stepsByRun = new Map<string, typeof steps>();
+      for (const s of steps) stepsByRun.set(s.run_id, [...(stepsByRun.get(s.run_id) ?? []), s]);
+      let planMismatches = 0;
+      for (const rec of this.records) {
+        const row = byId.get(rec.runId);
+        if (!row) continue;
+        const found = journalViolations(
+          {
+            name: `${rec.tag} ${rec.runId}`,
+            runId: rec.runId,
+            status: row.status,
+            plan: rec.plan,
+            steps: stepsByRun.get(rec.runId) ?? [],
+            decisions: rec.decisions,
+          },
+          fx,
+        );
+        if (found.length) planMismatches++;
+        for (const x of found) v(x);
       }
 
       /* messages */
@@ -1045,11 +1104,16 @@ export class ChaosSession {
         unknownOutcomes: this.sum((x) => x.unknownOutcomes),
         unknownResolvedApprove: this.sum((x) => x.unknownOutcomes - x.unknownRejected),
         unknownResolvedReject: this.sum((x) => x.unknownRejected),
-        idempotentPerformed: fx.performed.idem.size,
+        idempotentApplied: totals.idemApplied,
         idempotentRequests: totals.idem,
-        sidePerformed: [...fx.performed.side.values()].reduce((a, b) => a + b, 0),
+        idempotentRetried: [...fx.calls.idem.values()].filter((l) => l.length > 1).length,
+        sidePerformed: totals.sideApplied,
         pureRequests: totals.pure,
         duplicateEffects: duplicates,
+        planMismatches,
+        maxAttempts: runs.reduce((a, x) => Math.max(a, x.attempts), 0),
+        runsRetried: runs.filter((x) => x.attempts > 1).length,
+        rateLimited: this.rateLimited,
         threadsChecked: chaosThreads.size,
         messages: messages.length,
         messageGaps: gaps,
@@ -1219,7 +1283,9 @@ export function renderReport(f: ChaosFigures, violations: number): string {
     `  runs         created ${f.runsCreated} on ${f.threads} threads: succeeded ${f.succeeded}, failed ${f.failed}, cancelled ${f.cancelled}`,
     `               lost ${f.lost}, stuck ${f.stuck}, unacknowledged duplicates ${f.orphanRuns}`,
     `  approvals    ${f.approvals} (rejected ${f.approvalsRejected}); unknown side-effect outcomes ${f.unknownOutcomes} (resolved: approved ${f.unknownResolvedApprove}, rejected as already done ${f.unknownResolvedReject})`,
-    `  effects      idempotent performed ${f.idempotentPerformed} (requests ${f.idempotentRequests}), side effects performed ${f.sidePerformed}, pure reads ${f.pureRequests}; duplicate effects ${f.duplicateEffects}`,
+    `  attempts     highest ${f.maxAttempts} (default limit ${DEFAULT_MAX_ATTEMPTS} lost attempts without progress); runs claimed more than once ${f.runsRetried}`,
+    `  effects      idempotent applied ${f.idempotentApplied} (raw calls ${f.idempotentRequests}, keys retried ${f.idempotentRetried}), side effects sent ${f.sidePerformed}, pure reads ${f.pureRequests}; duplicate effects ${f.duplicateEffects}, runs off their plan ${f.planMismatches}`,
+    `  clients      429 answers ${f.rateLimited} (waited Retry-After)`,
     `  messages     ${f.messages} in ${f.threadsChecked} threads: seq gaps ${f.messageGaps}, order violations ${f.messageOrderViolations}`,
     `  events       coarse seen ${f.coarseEventsSeen}, deltas seen ${f.deltasSeen}; runs with coarse gaps ${f.eventGaps}, duplicate/out-of-order ids ${f.eventDuplicatesOrReorders}`,
     `  streams      ${f.streamRequests} requests, ${f.streamReconnects} reconnects; LB ${f.lbRequests} requests, ${f.lbRerouted} rerouted, ${f.lb502} × 502, ${f.lbCut} cut mid-response`,

@@ -1,15 +1,23 @@
 /**
  * The outside world of the chaos suite (a copy of the idea of
  * test/support/effects-server.ts, extended): it records every model call with
- * its token usage and every tool effect, per key, so the suite can assert
- * "performed at most once" and compute the tokens wasted by crashes.
+ * its token usage and every raw tool call, per idempotency key and per order,
+ * so the checker can tell a retry from a duplicate and compute the tokens
+ * wasted by crashes.
  *
  * - POST /llm  {key, input_tokens, output_tokens}  a model call (announced before it answers)
- * - POST /idem {key, ...}   idempotent effect: performed once per key, replays acknowledged
- * - POST /side {key, ...}   plain side effect: performed on every request (duplicates show)
+ * - POST /idem {key, order, epoch}  idempotent API: the first call with a key is applied,
+ *   later calls with that key are acknowledged with the same receipt and not applied again
+ * - POST /side {key, order, epoch}  plain side effect: applied on every call (duplicates show)
  * - POST /pure {key, ...}   a read: counted, no effect
  *
- * Effects are performed when the request arrives, then the answer is delayed a
+ * `order` names the business effect (e.g. "charge 31 of run R") independently
+ * of the key, so an order applied under two keys (a worker that changed its
+ * key on retry) shows as applied twice; `epoch` is the caller's fencing token
+ * (its lease epoch), so a key called twice by the same attempt (not a retry)
+ * shows too.
+ *
+ * Effects are applied when the request arrives, then the answer is delayed a
  * little (`delayMs`), so a worker killed in that window leaves an effect whose
  * outcome it never learned: exactly the unknown-outcome case of docs/architecture.md#tools-and-effects.
  * Memory is bounded: at most `maxKeys` distinct keys (then 507).
@@ -24,16 +32,39 @@ export interface LlmCalls {
   tokens: number;
 }
 
+/** One raw call of an effect (idem or side). */
+export interface EffectCall {
+  key: string;
+  /** The business effect it performs ("" when the caller named none). */
+  order: string;
+  /** The caller's fencing token (lease epoch), -1 when not sent. */
+  epoch: number;
+  /** Whether this call applied the effect (idem: only the first call with its key; side: every call). */
+  applied: boolean;
+}
+
 export interface ChaosEffects {
   url: string;
   llm: Map<string, LlmCalls>;
-  /** Requests per key, per kind. */
+  /** Raw requests per key, per kind. */
   requests: Record<EffectKind, Map<string, number>>;
-  /** Effects performed per key (idem: at most once by construction of the API; side: every request). */
-  performed: { idem: Map<string, number>; side: Map<string, number> };
+  /** Every raw call of the effectful kinds, per key, in arrival order. */
+  calls: { idem: Map<string, EffectCall[]>; side: Map<string, EffectCall[]> };
+  /** Times each order was applied, per kind (idem: once per distinct key that carried it). */
+  appliedOrders: { idem: Map<string, number>; side: Map<string, number> };
   /** Requests refused because the key table was full (must stay 0). */
   overflow: number;
-  totals(): { llmCalls: number; llmTokens: number; idem: number; side: number; pure: number };
+  /** Side-effect calls with this key so far (what a human checks before deciding an unknown outcome). */
+  sent(key: string): number;
+  totals(): {
+    llmCalls: number;
+    llmTokens: number;
+    idem: number;
+    idemApplied: number;
+    side: number;
+    sideApplied: number;
+    pure: number;
+  };
   close(): Promise<void>;
 }
 
@@ -54,7 +85,8 @@ export async function startChaosEffects(
     side: new Map(),
     pure: new Map(),
   };
-  const performed = { idem: new Map<string, number>(), side: new Map<string, number>() };
+  const calls = { idem: new Map<string, EffectCall[]>(), side: new Map<string, EffectCall[]>() };
+  const appliedOrders = { idem: new Map<string, number>(), side: new Map<string, number>() };
   const idemReceipts = new Map<string, string>();
   let seq = 0;
   let overflow = 0;
@@ -80,6 +112,14 @@ export async function startChaosEffects(
     return typeof v === "object" && v !== null ? (v as Record<string, unknown>) : {};
   };
 
+  const record = (kind: "idem" | "side", call: EffectCall): void => {
+    const list = calls[kind].get(call.key) ?? [];
+    // Bounded: a key called this often is a violation already; keep the first calls.
+    if (list.length < 50) list.push(call);
+    calls[kind].set(call.key, list);
+    if (call.applied && call.order) bump(appliedOrders[kind], call.order);
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const body = await readJson(req);
     const kind = (req.url ?? "").slice(1).split("?")[0] as EffectKind;
@@ -94,6 +134,8 @@ export async function startChaosEffects(
       return;
     }
     bump(requests[kind], key);
+    const order = typeof body.order === "string" ? body.order : "";
+    const epoch = typeof body.epoch === "number" ? body.epoch : -1;
     let result: unknown = { ok: true };
     if (kind === "llm") {
       const t = Number(body.input_tokens ?? 0) + Number(body.output_tokens ?? 0);
@@ -101,14 +143,16 @@ export async function startChaosEffects(
       llm.set(key, { calls: prev.calls + 1, tokens: prev.tokens + t });
     } else if (kind === "idem") {
       let receipt = idemReceipts.get(key);
+      const applied = receipt === undefined;
       if (receipt === undefined) {
         receipt = `r${++seq}`;
         idemReceipts.set(key, receipt);
-        bump(performed.idem, key);
       }
+      record("idem", { key, order, epoch, applied });
       result = { ok: true, receipt };
     } else if (kind === "side") {
-      result = { ok: true, sent: bump(performed.side, key) };
+      record("side", { key, order, epoch, applied: true });
+      result = { ok: true, sent: requests.side.get(key) };
     }
     if (kind !== "llm") {
       const [lo, hi] = delays[kind];
@@ -133,15 +177,19 @@ export async function startChaosEffects(
     url: `http://127.0.0.1:${port}`,
     llm,
     requests,
-    performed,
+    calls,
+    appliedOrders,
     get overflow() {
       return overflow;
     },
+    sent: (key) => requests.side.get(key) ?? 0,
     totals: () => ({
       llmCalls: [...llm.values()].reduce((a, b) => a + b.calls, 0),
       llmTokens: [...llm.values()].reduce((a, b) => a + b.tokens, 0),
       idem: sum(requests.idem),
+      idemApplied: idemReceipts.size,
       side: sum(requests.side),
+      sideApplied: sum(requests.side),
       pure: sum(requests.pure),
     }),
     async close() {
@@ -149,4 +197,37 @@ export async function startChaosEffects(
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** A duplicate found in the raw calls: `subject` is the key or order (both start with the run id). */
+export interface EffectViolation {
+  subject: string;
+  message: string;
+}
+
+/**
+ * What the raw calls of the effectful kinds prove, independent of any
+ * journal: an idempotent key may be called more than once only as a retry
+ * (each call from a different lease epoch), an idempotent order is applied
+ * exactly once (one key per order), and a side effect is sent at most once
+ * per key and per order. One entry per duplicate.
+ */
+export function effectViolations(fx: Pick<ChaosEffects, "calls" | "appliedOrders">): EffectViolation[] {
+  const out: EffectViolation[] = [];
+  for (const [key, list] of fx.calls.idem) {
+    const epochs = list.map((c) => c.epoch);
+    if (new Set(epochs).size < epochs.length)
+      out.push({
+        subject: key,
+        message: `idempotent key ${key} called ${list.length} times, more than once by one attempt (epochs ${epochs.join(",")}): not a retry`,
+      });
+  }
+  for (const [order, n] of fx.appliedOrders.idem)
+    if (n > 1)
+      out.push({ subject: order, message: `idempotent order ${order} applied ${n} times (under ${n} keys)` });
+  for (const [key, list] of fx.calls.side)
+    if (list.length > 1) out.push({ subject: key, message: `side effect ${key} sent ${list.length} times` });
+  for (const [order, n] of fx.appliedOrders.side)
+    if (n > 1) out.push({ subject: order, message: `side-effect order ${order} sent ${n} times` });
+  return out;
 }

@@ -5,10 +5,22 @@
  *   --threads N      conversations at once (default 80)
  *   --turns N        turns per conversation (default 45)
  *   --workers M --ingress N
+ *   --api-keys K     API keys the conversations share (default 4; the rate limit is per key)
  * Exit code 0 when every check passed, 1 otherwise (with the debug dump).
  */
 import { parseArgs } from "node:util";
 import { ChaosSession, chaosSeed, LONG, type ChaosOptions } from "./chaos.js";
+
+const USAGE = `npm run chaos -- [options]: the long chaos run (about 4-5 minutes)
+  --seed N         reproduce a fault schedule (default: $CHAOS_SEED or random)
+  --load-s S       how long new runs start and faults are injected (default ${LONG.loadMs / 1000})
+  --threads N      conversations at once (default ${LONG.threads})
+  --turns N        turns per conversation (default ${LONG.turnsPerThread})
+  --workers M      worker processes (default ${LONG.workers})
+  --ingress N      ingress processes (default ${LONG.ingress})
+  --api-keys K     API keys the conversations share (default ${LONG.apiKeys}; the rate limit is per key)
+Exit code 0 when every check passed, 1 otherwise (with the debug dump).
+`;
 
 const { values } = parseArgs({
   options: {
@@ -18,8 +30,14 @@ const { values } = parseArgs({
     turns: { type: "string" },
     workers: { type: "string" },
     ingress: { type: "string" },
+    "api-keys": { type: "string" },
+    help: { type: "boolean", short: "h" },
   },
 });
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
 
 const opts: ChaosOptions = {
@@ -30,6 +48,7 @@ const opts: ChaosOptions = {
   turnsPerThread: num(values.turns, LONG.turnsPerThread),
   workers: num(values.workers, LONG.workers),
   ingress: num(values.ingress, LONG.ingress),
+  apiKeys: Math.max(1, num(values["api-keys"], LONG.apiKeys)),
   log: (line) => process.stdout.write(line + "\n"),
 };
 

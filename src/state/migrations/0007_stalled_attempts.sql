@@ -1,0 +1,21 @@
+-- Capstan schema, version 7: attempts count what a run did wrong, not what the
+-- infrastructure did. Forward-only: never edit a released migration, add a new
+-- numbered file.
+--
+-- `runs.attempts` keeps counting claims (less graceful hand-offs): it is what
+-- the API shows and what each step row's `attempt` records. What fails a run
+-- is now `stalled_attempts`: the number of consecutive attempts whose lease
+-- was lost (worker killed, stalled, partitioned) without journaling anything
+-- new. A run that journals progress in an attempt is never charged for losing
+-- that attempt's worker, however often that happens; a run whose step kills
+-- its worker every time is charged each time and fails at `max_attempts`.
+--
+-- `claim_progress` is the journal's progress measure (src/state/progress.ts)
+-- when the current attempt claimed the run; reclaim compares it with the
+-- measure at expiry. NULL while the run is not claimed, and for runs claimed
+-- before this migration (reclaim then assumes progress: never charged).
+--
+-- No CHECK and a constant default: catalog-only changes, instant on a large
+-- runs table.
+ALTER TABLE runs ADD COLUMN claim_progress integer;
+ALTER TABLE runs ADD COLUMN stalled_attempts integer NOT NULL DEFAULT 0;
